@@ -1,0 +1,206 @@
+"""Command-line interface: click commands over the pipeline stages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import BonsaiError, __version__
+from .data import load_samples
+from .importer import import_onnx
+from .ir import WEIGHTED_OPS, node_macs
+from .pipeline import compile_model, layer_rows, summary_lines, write_output
+from .plan import plan_graph
+from .quantize import GRANULARITIES, METHODS, QuantOptions, choose_granularity
+from .targets import available_targets, load_target
+from .verify import (agreement, build_simulator, compare_outputs, float_outputs, quantize_inputs,
+                     reference_outputs, run_simulator, temporary_workdir)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("bonsai_mcu")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
+    root.propagate = False
+
+
+def _errors_to_exit(command):
+    """Print a BonsaiError as one line on stderr and exit with status 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BonsaiError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+def _quant_options(method: str, granularity: str, group_size: int, int8_layers: str) -> QuantOptions:
+    if group_size < 1:
+        raise BonsaiError(f"--group-size {group_size}: must be a positive number of weights")
+    names = {name.strip() for name in int8_layers.split(",") if name.strip()} if int8_layers else set()
+    return QuantOptions(method=method, granularity=granularity, group_size=group_size, int8_layers=names)
+
+
+def quant_options(command):
+    """Options shared by generate and verify."""
+    options = [
+        click.option("--target", "-t", default="host", show_default=True,
+                     help=f"Target core: one of {', '.join(available_targets())}, or a TOML file."),
+        click.option("--name", "-n", default=None,
+                     help="C prefix of every public symbol [default: the model file name]."),
+        click.option("--calibration", "-c", type=click.Path(dir_okay=False), default=None,
+                     help="Calibration samples (.npy or .npz); without it a synthetic distribution is used."),
+        click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
+                     help="Ternarization rule: exact import where weights are already ternary, else twn (auto)."),
+        click.option("--granularity", type=click.Choice(GRANULARITIES), default="auto", show_default=True,
+                     help="Scale per output channel, per tensor, or per group of --group-size weights."),
+        click.option("--group-size", type=int, default=128, show_default=True,
+                     help="Weights per scale group with --granularity group."),
+        click.option("--int8-layers", default="", help="Comma-separated node names to keep in int8."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group(epilog="Run 'bonsai-mcu COMMAND --help' for the options of each command.")
+@click.version_option(__version__, prog_name="bonsai-mcu")
+@click.option("--quiet", "-q", is_flag=True, help="Print errors only.")
+def main(quiet: bool) -> None:
+    """Compile ONNX models into ternary-weight C99 for microcontrollers."""
+    _setup_logging(quiet)
+
+
+@main.command(epilog="""\b
+Examples:
+  bonsai-mcu generate model.onnx -o out/kws --target cortex-m4 --calibration samples.npy
+  bonsai-mcu generate model.onnx -o out/m --name detector --granularity per-channel
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", "output", type=click.Path(file_okay=False), required=True,
+              help="Output folder; sources go to OUTPUT/src/.")
+@click.option("--force", is_flag=True, help="Write into a non-empty folder that bonsai-mcu did not create.")
+@quant_options
+@click.pass_context
+@_errors_to_exit
+def generate(ctx, model, output, force, target, name, calibration, method, granularity, group_size, int8_layers):
+    """Generate C sources for MODEL (ONNX) into OUTPUT."""
+    target_spec = load_target(target)
+    compiled = compile_model(model, target_spec, name, _quant_options(method, granularity, group_size, int8_layers),
+                             calibration)
+    lines = summary_lines(compiled)
+    written = write_output(compiled.files, output, force, extra={"report.txt": "\n".join(lines) + "\n"})
+    quiet = ctx.find_root().params.get("quiet")
+    if not quiet:
+        for line in lines:
+            click.echo(line)
+        click.echo(f"wrote {len(written)} files to {output}")
+
+
+@main.command(epilog="""\b
+Examples:
+  bonsai-mcu verify model.onnx --inputs samples.npy --calibration calib.npy
+  bonsai-mcu verify model.onnx --inputs samples.npz --keep build/verify
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--inputs", "-i", "inputs_path", type=click.Path(dir_okay=False), required=True,
+              help="Samples to run (.npy or .npz, samples along the batch axis).")
+@click.option("--cc", default=None, help="Host C compiler [default: $CC, else cc].")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Keep the simulator build in this folder.")
+@click.option("--task", type=click.Choice(["auto", "classify", "regress"]), default="auto", show_default=True,
+              help="Report top-1 agreement for class scores (auto: guessed from the output).")
+@quant_options
+@click.pass_context
+@_errors_to_exit
+def verify(ctx, model, inputs_path, cc, keep, task, target, name, calibration, method, granularity, group_size,
+           int8_layers):
+    """Check the generated C against the reference, bit for bit, and the float model."""
+    target_spec = load_target(target)
+    compiled = compile_model(model, target_spec, name, _quant_options(method, granularity, group_size, int8_layers),
+                             calibration)
+    graph = compiled.graph
+    samples = load_samples(inputs_path, graph)
+    inputs = quantize_inputs(graph, samples)
+    expected = reference_outputs(graph, inputs)
+
+    workdir, holder = temporary_workdir(Path(keep) if keep else None)
+    try:
+        executable = build_simulator(compiled.files, graph, workdir, cc)
+        actual = run_simulator(executable, graph, inputs)
+    finally:
+        if holder is not None:
+            holder.cleanup()
+    mismatches = compare_outputs(expected, actual)
+
+    float_results, runtime = float_outputs(Path(model), graph, samples)
+    report = agreement(graph, float_results, expected, task)
+
+    for line in summary_lines(compiled):
+        click.echo(line)
+    click.echo(f"host C vs reference: {len(samples) - len({m.sample for m in mismatches})}/{len(samples)} "
+               f"samples bit-exact")
+    for entry in report:
+        text = (f"reference vs float ({runtime}), output '{entry.output}': cosine {entry.cosine:.4f}, "
+                f"RMSE {entry.rmse:.4g}, max abs error {entry.max_abs_error:.4g}")
+        if entry.top1 is not None:
+            text += f", top-1 agreement {entry.top1 * 100:.1f}%"
+        click.echo(text)
+    if mismatches:
+        first = mismatches[0]
+        raise BonsaiError(f"{len(mismatches)} output(s) differ between host C and reference; first: sample "
+                          f"{first.sample}, output {first.output}, element {first.index}: reference "
+                          f"{first.expected}, C {first.actual}")
+
+
+@main.command(epilog="""\b
+Examples:
+  bonsai-mcu inspect model.onnx
+  bonsai-mcu inspect model.onnx --granularity per-channel
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--granularity", type=click.Choice(GRANULARITIES), default="auto", show_default=True,
+              help="Scale granularity assumed for the weight-size estimate.")
+@click.option("--group-size", type=int, default=128, show_default=True, help="Weights per scale group.")
+@_errors_to_exit
+def inspect(model, granularity, group_size):
+    """Print ops, shapes, parameters, MACs, weight precision and memory of MODEL."""
+    graph = import_onnx(model)
+    plan = plan_graph(graph)
+    options = QuantOptions(granularity=granularity, group_size=group_size)
+    header = f"{'#':>3}  {'op':<12} {'name':<28} {'output':<18} {'params':>8} {'MACs':>10}  {'weights':<22} {'bytes':>7}"
+    click.echo(f"model: {model}")
+    click.echo(header)
+    total_bytes = 0
+    for row, node in zip(layer_rows(graph), graph.nodes):
+        precision, size = "", ""
+        if node.op in WEIGHTED_OPS:
+            chosen = choose_granularity(options, node.weights.reshape(node.weights.shape[0], -1))
+            count = node.weights.size
+            scales = {"per-tensor": 1, "per-channel": node.weights.shape[0]}.get(
+                chosen, node.weights.shape[0] * -(-(count // node.weights.shape[0]) // group_size))
+            nbytes = -(-count // 5) + 4 * scales
+            total_bytes += nbytes
+            precision, size = f"ternary {chosen}", f"{nbytes:,}"
+        name = row["name"] if len(row["name"]) <= 28 else row["name"][:25] + "..."
+        click.echo(f"{row['index']:>3}  {row['op']:<12} {name:<28} {str(list(row['output'])):<18} "
+                   f"{row['params']:>8,} {row['macs']:>10,}  {precision:<22} {size:>7}")
+    macs = sum(node_macs(n, graph) for n in graph.nodes)
+    params = sum(r["params"] for r in layer_rows(graph))
+    click.echo(f"total: {params:,} parameters, {macs:,} MACs, ternary weights and scales {total_bytes:,} B, "
+               f"arena {plan.arena_size:,} B (lower bound {plan.lower_bound:,} B)")
+
+
