@@ -1,0 +1,26 @@
+# bonsai-mcu developer entry points. `make example` and `make test` are the
+# two set-up commands of the README; each installs what it needs.
+PYTHON ?= python3
+OUT ?= out
+
+.PHONY: install toolchains example test bench clean
+
+install:
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+toolchains:
+	./scripts/install-toolchains.sh
+
+# Generate C for the bundled ternary digits classifier and verify it: host C
+# against the numpy reference on all 450 held-out digits.
+example: install
+	bonsai-mcu generate examples/digits/digits.onnx -o $(OUT)/digits --name digits \
+		--calibration examples/digits/digits_calibration.npy --target host
+	bonsai-mcu verify examples/digits/digits.onnx --name digits \
+		--calibration examples/digits/digits_calibration.npy --inputs examples/digits/digits_test.npy
+
+test: install toolchains
+	$(PYTHON) -m pytest -q
+
+clean:
+	rm -rf $(OUT) build dist *.egg-info
