@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from . import BonsaiError
@@ -12,13 +11,11 @@ from . import BonsaiError
 
 def targets_dir() -> Path:
     """Return the folder of target TOML files, installed or in a source tree."""
-    try:
-        folder = Path(str(resources.files("bonsai_mcu.targets")))
-        if folder.is_dir():
-            return folder
-    except (ModuleNotFoundError, TypeError):
-        # In a source tree `bonsai_mcu.targets` is this module, not a package: TypeError.
-        pass
+    # The import name bonsai_mcu.targets is this module, so importlib.resources cannot reach
+    # the installed data folder of the same name: look for it beside this file.
+    installed = Path(__file__).resolve().parent / "targets"
+    if installed.is_dir():
+        return installed
     return Path(__file__).resolve().parent.parent / "targets"
 
 

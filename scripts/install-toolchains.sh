@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
           gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
-          gcc-xtensa-lx106 clang)
+          gcc-xtensa-lx106 picolibc-xtensa-lx106-elf clang)
 tools=(arm-none-eabi-gcc qemu-system-arm riscv64-unknown-elf-gcc qemu-system-riscv32
        xtensa-lx106-elf-gcc clang)
 
@@ -18,6 +18,7 @@ done
 # picolibc and newlib are libraries: look for their spec files.
 [ -e /usr/lib/picolibc/riscv64-unknown-elf/picolibc.specs ] || missing+=(picolibc)
 [ -e /usr/lib/arm-none-eabi/newlib/nano.specs ] || missing+=(newlib)
+[ -e /usr/lib/xtensa-lx106-elf/picolibc.specs ] || missing+=(picolibc-xtensa)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "toolchains: all present"
