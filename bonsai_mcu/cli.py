@@ -123,10 +123,13 @@ Examples:
               help="Keep the simulator build in this folder.")
 @click.option("--task", type=click.Choice(["auto", "classify", "regress"]), default="auto", show_default=True,
               help="Report top-1 agreement for class scores (auto: guessed from the output).")
+@click.option("--on", "on", type=click.Choice(["host", "qemu"]), default="host", show_default=True,
+              help="qemu also runs the C cross-compiled for --target on its emulated core and compares "
+                   "it with the host simulator, bit for bit, and counts instructions per inference.")
 @quant_options
 @click.pass_context
 @_errors_to_exit
-def verify(ctx, model, inputs_path, cc, keep, task, target, name, calibration, method, granularity, group_size,
+def verify(ctx, model, inputs_path, cc, keep, task, on, target, name, calibration, method, granularity, group_size,
            int8_layers):
     """Check the generated C against the reference, bit for bit, and the float model."""
     target_spec = load_target(target)
@@ -159,6 +162,8 @@ def verify(ctx, model, inputs_path, cc, keep, task, target, name, calibration, m
         if entry.top1 is not None:
             text += f", top-1 agreement {entry.top1 * 100:.1f}%"
         click.echo(text)
+    if on == "qemu":
+        mismatches += verify_on_qemu(compiled, inputs, actual, Path(keep) / "qemu" if keep else None)
     if mismatches:
         first = mismatches[0]
         raise BonsaiError(f"{len(mismatches)} output(s) differ between host C and reference; first: sample "
@@ -203,4 +208,78 @@ def inspect(model, granularity, group_size):
     click.echo(f"total: {params:,} parameters, {macs:,} MACs, ternary weights and scales {total_bytes:,} B, "
                f"arena {plan.arena_size:,} B (lower bound {plan.lower_bound:,} B)")
 
+def verify_on_qemu(compiled, inputs, host_outputs, workdir) -> list:
+    """Run the samples on the target's emulated core; print counts; return mismatches with the host."""
+    from .ir import node_macs as _node_macs
+    from .onboard import run_on_qemu
 
+    result = run_on_qemu(compiled, inputs, workdir)
+    mismatches = compare_outputs(host_outputs, result.outputs)
+    samples = len(inputs)
+    exact = samples - len({m.sample for m in mismatches})
+    machine = compiled.target.qemu.get("machine", "")
+    click.echo(f"{compiled.target.name} C under QEMU ({machine}) vs host C: {exact}/{samples} samples bit-exact")
+    macs = sum(_node_macs(node, compiled.graph) for node in compiled.graph.nodes)
+    mean = sum(result.instructions) / max(len(result.instructions), 1)
+    per_mac = f", {mean / macs:.2f} per MAC" if macs else ""
+    click.echo(f"instructions per inference on {compiled.target.name}: {mean:,.0f} (mean of {samples}){per_mac}")
+    return mismatches
+
+
+@main.command(epilog="""\b
+Examples:
+  bonsai-mcu size model.onnx --target cortex-m4
+  bonsai-mcu size model.onnx --target esp32c3 --calibration samples.npy
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@quant_options
+@_errors_to_exit
+def size(model, target, name, calibration, method, granularity, group_size, int8_layers):
+    """Print flash and RAM of MODEL's generated C, cross-compiled for --target."""
+    from .onboard import footprint_lines, measure_footprint
+
+    target_spec = load_target(target)
+    compiled = compile_model(model, target_spec, name,
+                             _quant_options(method, granularity, group_size, int8_layers), calibration)
+    footprint = measure_footprint(compiled)
+    click.echo(f"model: {model} -> {compiled.name} (target {target_spec.name}, {target_spec.cc})")
+    for line in footprint_lines(footprint):
+        click.echo(line)
+
+
+@main.command(epilog="""\b
+Examples:
+  bonsai-mcu report model.onnx --target cortex-m4 --board nucleo-f446re -o report.html
+  bonsai-mcu report model.onnx --board esp32dev --calibration calib.npy --inputs samples.npy
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="HTML file to write.")
+@click.option("--inputs", "-i", "inputs_path", type=click.Path(dir_okay=False), default=None,
+              help="Samples (.npy or .npz) for the float-versus-quantized agreement.")
+@click.option("--board", default=None,
+              help="Board whose flash and RAM budget to compare with ([board.NAME] in targets/*.toml); "
+                   "it also sets --target when that is not given.")
+@quant_options
+@click.pass_context
+@_errors_to_exit
+def report(ctx, model, output, inputs_path, board, target, name, calibration, method, granularity, group_size,
+           int8_layers, weights):
+    """Write an HTML report of MODEL: layers, arena timeline, flash and RAM, agreement."""
+    from .report import build_report, find_board, text_summary, write_report
+
+    board_spec = find_board(board) if board else None
+    if board_spec is not None:
+        if ctx.get_parameter_source("target") == click.core.ParameterSource.DEFAULT:
+            target = board_spec.target
+        elif load_target(target).name != board_spec.target:
+            raise BonsaiError(f"--board {board_spec.name} has a {board_spec.target} core, not {target}; "
+                              f"pass --target {board_spec.target} or leave --target out")
+    compiled = compile_model(model, load_target(target), name,
+                             _quant_options(method, granularity, group_size, int8_layers), calibration)
+    result = build_report(compiled, model, board_spec, inputs_path)
+    written = write_report(result, output)
+    if not ctx.find_root().params.get("quiet"):
+        for line in text_summary(result):
+            click.echo(line)
+        click.echo(f"wrote {written}")
