@@ -5,8 +5,9 @@ OUT ?= out
 
 .PHONY: install toolchains example test bench clean
 
+# The train extra brings PyTorch for bonsai_mcu.train and its tests (CPU build).
 install:
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,train]'
 
 toolchains:
 	./scripts/install-toolchains.sh

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from . import BonsaiError
+from .formats import QUANTIZER_OPS, FormatImporter
 from .ir import Graph, Node, Tensor
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class _Importer:
         self.graph_outputs = {out.name for out in model.graph.output}
         self.inferred_shapes: dict[str, tuple[int, ...]] = {}
         self.counter = 0
+        self.formats = FormatImporter(self)
 
     # -- helpers ---------------------------------------------------------
 
@@ -231,7 +233,9 @@ class _Importer:
                 type_name = onnx.TensorProto.DataType.Name(elem_type)
                 raise BonsaiError(f"{self.path}: input '{value.name}' has type {type_name}; only float32 inputs are supported")
             shape = tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
-            perm = _channels_last(len(shape)) if self.feeds_spatial_op(value.name) else ()
+            # Only a tensor with channels and spatial axes (rank 3 or 4) has a channels-last order.
+            spatial = len(shape) >= 3 and self.feeds_spatial_op(value.name)
+            perm = _channels_last(len(shape)) if spatial else ()
             physical = tuple(shape[axis] for axis in perm) if perm else shape
             tensor = self.new_tensor(value.name, physical, perm)
             self.bind(value.name, tensor)
@@ -246,7 +250,13 @@ class _Importer:
             if value.name in self.dead:
                 continue
             if value.name not in self.env:
-                self.problems.append(("Output", value.name, "graph output is a constant; nothing to compute"))
+                producer = next((node for node in graph.node if value.name in node.output), None)
+                if value.name in self.consts or producer is None:
+                    self.problems.append(("Output", value.name, "graph output is a constant; nothing to compute"))
+                else:
+                    # Mask, Indices and other secondary outputs are not computed.
+                    self.problems.append((producer.op_type, producer.name or producer.output[0],
+                                          f"output '{value.name}' is not supported; only the first output is computed"))
                 continue
             outputs.append(self.env[value.name].tensor)
             onnx_outputs.append(value.name)
@@ -258,32 +268,45 @@ class _Importer:
 
     def feeds_spatial_op(self, name: str) -> bool:
         spatial = ("Conv", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization")
-        return any(name in node.input and node.op_type in spatial for node in self.model.graph.node)
+        if any(name in node.input and node.op_type in spatial for node in self.model.graph.node):
+            return True
+        # Quantizers between an input and its Conv pass the values through unchanged.
+        return any(node.input[:1] == [name] and node.op_type in QUANTIZER_OPS and self.feeds_spatial_op(node.output[0])
+                   for node in self.model.graph.node)
 
     def import_node(self, node: onnx.NodeProto) -> None:
         live_inputs = [name for name in node.input if name]
-        if any(name in self.dead for name in live_inputs):
-            self.dead.update(node.output)
-            return
-        if node.domain not in ("", "ai.onnx"):
+        quantization_node = self.formats.handles(node)
+        if node.domain not in ("", "ai.onnx") and not quantization_node:
             self.problem(node, f"operator domain '{node.domain}' is not supported")
             self.dead.update(node.output)
             return
+        if any(name in self.dead for name in live_inputs):
+            # An input comes from a node already reported; an unsupported op type is
+            # still reported here, so one error lists every unsupported op.
+            if not quantization_node and not self.has_handler(node.op_type):
+                self.problem(node, "op not supported")
+            self.dead.update(node.output)
+            return
         try:
+            if quantization_node:
+                self.formats.import_node(node)
+                return
             if node.op_type == "Constant" or (live_inputs and all(n in self.consts for n in live_inputs)):
                 self.fold_constant(node)
                 return
             if node.op_type == "Shape":
                 self.fold_shape(node)
                 return
-            handler = getattr(self, f"op_{node.op_type}", None)
-            if node.op_type in LUT_OPS:
-                handler = self.op_lut
-            if handler is None:
+            if not self.has_handler(node.op_type):
                 raise self.problem(node, "op not supported")
+            handler = self.op_lut if node.op_type in LUT_OPS else getattr(self, f"op_{node.op_type}")
             handler(node)
         except _Skip:
             self.dead.update(node.output)
+
+    def has_handler(self, op_type: str) -> bool:
+        return op_type in LUT_OPS or op_type in ("Constant", "Shape") or hasattr(self, f"op_{op_type}")
 
     def fold_constant(self, node: onnx.NodeProto) -> None:
         from onnx.reference import ReferenceEvaluator
@@ -320,6 +343,9 @@ class _Importer:
     def op_Dropout(self, node):
         if len(node.output) > 1 and node.output[1] and self.consumer_count.get(node.output[1], 0):
             raise self.problem(node, "the Dropout mask output is used; only inference-mode Dropout is supported")
+        training_mode = self.optional_const(node, 2)
+        if training_mode is not None and np.asarray(training_mode).size and np.asarray(training_mode).reshape(-1)[0]:
+            raise self.problem(node, "training_mode is true; only inference-mode Dropout is supported")
         self.bind(node.output[0], self.value(node).name)
 
     def spatial_geometry(self, node, x: Tensor, kernel, attrs, what: str) -> dict:
@@ -534,11 +560,16 @@ class _Importer:
         attrs = self.attrs(node)
         low, high = attrs.get("min", -float("inf")), attrs.get("max", float("inf"))
         low_const, high_const = self.optional_const(node, 1), self.optional_const(node, 2)
+        for bound, what in ((low_const, "min"), (high_const, "max")):
+            if bound is not None and np.asarray(bound).size != 1:
+                raise self.problem(node, f"{what} has {np.asarray(bound).size} values; it must be a scalar")
         if low_const is not None:
-            low = float(low_const)
+            low = float(np.asarray(low_const).reshape(-1)[0])
         if high_const is not None:
-            high = float(high_const)
-        self.activation(node, ("clip", float(low), float(high)))
+            high = float(np.asarray(high_const).reshape(-1)[0])
+        # ONNX Clip is min(max(x, min), max): with min > max every output is max.
+        low = min(float(low), float(high))
+        self.activation(node, ("clip", low, float(high)))
 
     def op_lut(self, node):
         x = self.value(node)

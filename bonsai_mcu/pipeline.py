@@ -6,10 +6,12 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 
 from . import BonsaiError
@@ -19,7 +21,7 @@ from .importer import import_onnx
 from .ir import WEIGHTED_OPS, Graph, node_macs
 from .pack import packed_trit_bytes
 from .plan import ArenaPlan, plan_graph
-from .quantize import QuantOptions, quantize
+from .quantize import QuantOptions, is_float_graph, quantize
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,36 @@ def check_name(name: str) -> str:
     return name
 
 
+class Progress:
+    """Samples that draw a progress bar on stderr while they are iterated.
+
+    The bar shows only when stderr is a terminal and warnings of the bonsai_mcu logger are
+    enabled, so the command-line option --quiet (errors only) hides it.
+    """
+
+    def __init__(self, items, label: str):
+        self.items = list(items)
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __iter__(self):
+        if not (sys.stderr.isatty() and log.getEffectiveLevel() <= logging.WARNING):
+            yield from self.items
+            return
+        with click.progressbar(self.items, label=self.label, file=sys.stderr) as bar:
+            yield from bar
+
+
 def compile_model(model: str | Path, target: Target, name: str | None = None,
                   options: QuantOptions | None = None, calibration: str | Path | None = None) -> Compiled:
     graph = import_onnx(model, check_name(name) if name else None)
     samples = load_samples(calibration, graph) if calibration else None
-    quantize(graph, options or QuantOptions(), samples)
+    quantize(graph, options or QuantOptions(), Progress(samples, "calibrating") if samples else None)
     plan = plan_graph(graph, max(target.alignment, 4))
     files = render(graph, plan, target, graph.name)
     return Compiled(graph, plan, files, target, graph.name)
@@ -113,7 +140,7 @@ def layer_rows(graph: Graph, plan: ArenaPlan | None = None) -> list[dict]:
         if node.op in WEIGHTED_OPS:
             row["params"] = int(node.weights.size + node.bias.size)
             if node.quant:
-                row["precision"] = f"{node.quant['format']} {node.quant['granularity']}"
+                row["precision"] = f"{node.quant['format']} {node.quant['granularity']}".strip()
                 row["weight_bytes"] = weight_storage(node)
         rows.append(row)
     return rows
@@ -122,6 +149,8 @@ def layer_rows(graph: Graph, plan: ArenaPlan | None = None) -> list[dict]:
 def weight_storage(node) -> int:
     """Bytes of weights plus their scales (32-bit multipliers) for one layer."""
     quant = node.quant
+    if quant["format"] == "float32":
+        return 4 * int(node.weights.size)
     count = int(quant["values"].size)
     data = packed_trit_bytes(count) if quant["format"] == "ternary" else count
     return data + 4 * int(quant["multipliers"].size)
@@ -135,7 +164,10 @@ def weight_summary(graph: Graph) -> dict:
     scales = sum(4 * int(n.quant["multipliers"].size) for n in ternary)
     int8_bytes = sum(weight_storage(n) for n in int8)
     bias = sum(8 * int(n.quant["bias_fixed"].size) for n in ternary + int8)
+    float32 = [n for n in graph.nodes if n.quant.get("format") == "float32"]
+    bias += sum(4 * int(n.bias.size) for n in float32)
     return {
+        "float32_layers": len(float32), "float32_bytes": sum(weight_storage(n) for n in float32),
         "ternary_weights": ternary_count, "ternary_packed": packed, "ternary_scales": scales,
         "bits_per_weight": (8.0 * (packed + scales) / ternary_count) if ternary_count else 0.0,
         "int8_layers": len(int8), "int8_bytes": int8_bytes, "bias_bytes": bias,
@@ -159,10 +191,17 @@ def summary_lines(compiled: Compiled) -> list[str]:
             f"(int8: {weights['ternary_weights']:,} B)")
     if weights["int8_layers"]:
         lines.append(f"int8 weights: {weights['int8_layers']} layers, {weights['int8_bytes']:,} B")
-    lines.append(f"bias: {weights['bias_bytes']:,} B (int64, one per output channel)")
-    lines.append(f"arena: {plan.arena_size:,} B (lower bound {plan.lower_bound:,} B, inputs and outputs included)")
+    if weights["float32_layers"]:
+        lines.append(f"float32 weights: {weights['float32_layers']} layers, {weights['float32_bytes']:,} B")
+    bias_type = "float32" if weights["float32_layers"] else "int64"
+    lines.append(f"bias: {weights['bias_bytes']:,} B ({bias_type}, one per output channel)")
+    # The plan counts elements: 4 bytes each in a float32 model.
+    element_bytes = 4 if is_float_graph(graph) else 1
+    lines.append(f"arena: {plan.arena_size * element_bytes:,} B (lower bound {plan.lower_bound * element_bytes:,} B, "
+                 "inputs and outputs included)")
     lines.append(f"kernel scratch: {plan.scratch_size:,} B")
-    errors = [(n.name, n.quant["weight_error"]) for n in weighted if n.quant.get("method") != "exact"]
+    errors = [(n.name, n.quant["weight_error"]) for n in weighted
+              if n.quant.get("format") in ("ternary", "int8") and n.quant.get("method") != "exact"]
     if errors:
         worst = max(errors, key=lambda item: item[1])
         lines.append(f"ternarization error (relative RMS): mean {np.mean([e for _, e in errors]):.3f}, "

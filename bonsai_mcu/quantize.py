@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +40,14 @@ SYNTHETIC_SEED = 0
 # Relative tolerance for recognising weights that are already ternary.
 EXACT_TOLERANCE = 1e-6
 
+# Group sizes granularity=auto also tries when it looks for weights that are
+# already ternary per group, largest (fewest scales) first.
+EXACT_GROUP_SIZES = (256, 128, 64, 32, 16)
+
+# Ops whose output keeps the int8 parameters of their input: the C moves or
+# compares codes but does not requantize them.
+PASS_THROUGH_OPS = ("Reshape", "Transpose", "AveragePool", "MaxPool", "Clamp")
+
 
 @dataclass
 class QuantOptions:
@@ -47,6 +55,17 @@ class QuantOptions:
     granularity: str = "auto"
     group_size: int = 128
     int8_layers: set[str] = field(default_factory=set)
+    # Precision of every Conv, Gemm and MatMul: one of PRECISIONS. float32
+    # keeps activations in float as well.
+    weights: str = "ternary"
+
+
+PRECISIONS = ("ternary", "int8", "float32")
+
+
+def is_float_graph(graph: Graph) -> bool:
+    """Tell whether the graph runs in float32: the quantize stage then gives no tensor int8 parameters."""
+    return all(graph.tensors[name].qparams is None for name in graph.inputs + graph.outputs)
 
 
 # -- weights ------------------------------------------------------------------
@@ -91,6 +110,9 @@ def ternarize(weights: np.ndarray, method: str, granularity: str, group_size: in
     """
     out_channels, depth = weights.shape
     groups, size = _group_view(weights, granularity, group_size)
+    # Means are over the real weights of each group: the zero padding of a short
+    # last group must not lower its scale or its twn threshold.
+    counts = _group_view(np.ones_like(weights), granularity, group_size)[0].sum(axis=2)
 
     exact = _exact_trits(groups) if method in ("auto", "exact") else None
     if exact is not None:
@@ -99,12 +121,12 @@ def ternarize(weights: np.ndarray, method: str, granularity: str, group_size: in
     elif method == "exact":
         raise BonsaiError("weights are not ternary: some scale group holds more than {-s, 0, +s}")
     elif method == "absmean":
-        scales = np.abs(groups).mean(axis=2)
+        scales = np.abs(groups).sum(axis=2) / counts
         safe = np.where(scales > 0, scales, 1.0)
         trits = np.clip(round_half_away(groups / safe[..., None]), -1, 1).astype(np.int8)
         used = "absmean"
     else:
-        threshold = 0.7 * np.abs(groups).mean(axis=2, keepdims=True)
+        threshold = 0.7 * (np.abs(groups).sum(axis=2) / counts)[..., None]
         trits = (np.sign(groups) * (np.abs(groups) > threshold)).astype(np.int8)
         kept = np.abs(trits).sum(axis=2)
         scales = np.where(kept > 0, (np.abs(groups) * np.abs(trits)).sum(axis=2) / np.maximum(kept, 1), 0.0)
@@ -126,15 +148,33 @@ def int8_weights(weights: np.ndarray):
 
 
 def choose_granularity(options: QuantOptions, weights: np.ndarray) -> str:
+    return choose_layout(options, weights)[0]
+
+
+def choose_layout(options: QuantOptions, weights: np.ndarray, model_group_size: int | None = None) -> tuple[str, int]:
+    """Pick the scale granularity and group size of [O, K] weights.
+
+    An explicit --granularity wins. With auto, the cheapest layout in which
+    every scale group contains only -s, 0 and +s is chosen, so exported
+    ternary weights keep their exact values. The order is per tensor, per
+    channel, then groups of the size the model file gives
+    (`model_group_size`), of --group-size, and of EXACT_GROUP_SIZES. Other
+    weights get per-channel scales in long rows and one per-tensor scale in
+    short ones.
+    """
     if options.granularity != "auto":
-        return options.granularity
-    for granularity in ("per-tensor", "per-channel"):
-        groups, _ = _group_view(weights, granularity, options.group_size)
-        if options.method in ("auto", "exact") and _exact_trits(groups) is not None:
-            return granularity
+        return options.granularity, options.group_size
+    sizes = dict.fromkeys(size for size in (model_group_size, options.group_size, *EXACT_GROUP_SIZES)
+                          if size and size < weights.shape[1])
+    layouts = [("per-tensor", options.group_size), ("per-channel", options.group_size)]
+    layouts += [("group", size) for size in sizes]
+    if options.method in ("auto", "exact"):
+        for granularity, size in layouts:
+            if _exact_trits(_group_view(weights, granularity, size)[0]) is not None:
+                return granularity, size
     if weights.shape[1] >= AUTO_PER_CHANNEL_MIN_WEIGHTS:
-        return "per-channel"
-    return "per-tensor"
+        return "per-channel", options.group_size
+    return "per-tensor", options.group_size
 
 
 def quantize_weights(node: Node, options: QuantOptions) -> None:
@@ -142,13 +182,13 @@ def quantize_weights(node: Node, options: QuantOptions) -> None:
     out_channels = node.weights.shape[0]
     matrix = node.weights.reshape(out_channels, -1)
 
-    if node.name in options.int8_layers:
+    if node.name in options.int8_layers or options.weights == "int8":
         values, scales, size = int8_weights(matrix)
         fmt, granularity, used = "int8", "per-channel", "symmetric"
     else:
-        granularity = choose_granularity(options, matrix)
+        granularity, group_size = choose_layout(options, matrix, node.attrs.get("group_size"))
         try:
-            values, scales, size, used = ternarize(matrix, options.method, granularity, options.group_size)
+            values, scales, size, used = ternarize(matrix, options.method, granularity, group_size)
         except BonsaiError as error:
             raise BonsaiError(f"node '{node.name}': {error}; use --method absmean or twn") from error
         fmt = "ternary"
@@ -238,7 +278,9 @@ def weighted_params(node: Node, x: QParams, out: QParams) -> None:
     bias_real = node.bias / out.scale
     multiplier_matrix, shift = fixed_point(real, bias_real)
     act_min, act_max = activation_limits(node, out)
-    stored = multiplier_matrix[:1, :1] if quant["scales"].shape[0] == 1 else multiplier_matrix
+    # One multiplier serves every weight only when there is one scale: a single
+    # output channel with several group scales keeps all of them.
+    stored = multiplier_matrix[:1, :1] if quant["scales"].size == 1 else multiplier_matrix
     quant.update(
         multiplier_matrix=multiplier_matrix, multipliers=stored.reshape(-1).astype(np.int32), shift=shift,
         bias_fixed=round_half_away(bias_real * 2.0 ** shift).astype(np.int64),
@@ -271,19 +313,51 @@ def exp_table(x: QParams) -> np.ndarray:
 SOFTMAX_QPARAMS = QParams(1.0 / 256.0, -128)
 
 
-def assign_qparams(graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+def take_recorded_qparams(graph: Graph) -> dict[str, QParams]:
+    """Remove and return, by tensor name, the qparams the importer set from the model's quantization nodes.
+
+    Pass-through ops keep their input's parameters, so parameters recorded
+    after a Reshape or a pool also describe the tensor before it.
+    """
+    recorded = {name: tensor.qparams for name, tensor in graph.tensors.items() if tensor.qparams is not None}
+    for tensor in graph.tensors.values():
+        tensor.qparams = None
+    for node in reversed(graph.nodes):
+        if node.op in PASS_THROUGH_OPS and node.outputs[0] in recorded and node.inputs[0] not in recorded:
+            recorded[node.inputs[0]] = recorded[node.outputs[0]]
+    return recorded
+
+
+def tensors_needing_ranges(graph: Graph) -> list[str]:
+    """List the tensors whose int8 parameters come from a value range: inputs and requantized outputs."""
+    produced = [node.outputs[0] for node in graph.nodes if node.op not in PASS_THROUGH_OPS + ("Softmax",)]
+    return list(graph.inputs) + produced
+
+
+def assign_qparams(graph: Graph, ranges: dict[str, tuple[float, float]],
+                   recorded: dict[str, QParams] | None = None) -> None:
+    """Set every tensor's qparams and every node's integer parameters.
+
+    Parameters in `recorded` (from the model's QDQ or QONNX nodes) are used
+    as given; the other tensors get theirs from `ranges`.
+    """
+    recorded = recorded or {}
+
+    def chosen(name: str) -> QParams:
+        return recorded[name] if name in recorded else qparams_from_range(*ranges[name])
+
     for name in graph.inputs:
-        graph.tensors[name].qparams = qparams_from_range(*ranges[name])
+        graph.tensors[name].qparams = chosen(name)
 
     for node in graph.nodes:
         out = graph.tensors[node.outputs[0]]
         x = graph.tensors[node.inputs[0]].qparams
-        if node.op in ("Reshape", "Transpose", "AveragePool", "MaxPool", "Clamp"):
+        if node.op in PASS_THROUGH_OPS:
             out.qparams = x
         elif node.op == "Softmax":
             out.qparams = SOFTMAX_QPARAMS
         else:
-            out.qparams = qparams_from_range(*ranges[out.name])
+            out.qparams = chosen(out.name)
 
         if node.op in WEIGHTED_OPS:
             weighted_params(node, x, out.qparams)
@@ -304,14 +378,41 @@ def quantize(graph: Graph, options: QuantOptions, samples: list[list[np.ndarray]
 
     samples: calibration inputs, each a list with one logical float array per
     graph input. None means the synthetic distribution, with a warning.
+    Tensors whose qparams the importer set from the model's quantization
+    nodes keep them; when every activation has them, samples are not used.
     """
+    recorded = take_recorded_qparams(graph)
+    options = replace(options, int8_layers=resolve_int8_layers(graph, options.int8_layers))
     unknown = options.int8_layers - {node.name for node in graph.nodes if node.op in WEIGHTED_OPS}
     if unknown:
-        raise BonsaiError(f"--int8-layers: no Conv, Gemm or MatMul node named {', '.join(sorted(unknown))}")
+        raise BonsaiError(f"--keep-int8: no Conv, Gemm or MatMul node named {', '.join(sorted(unknown))}; "
+                          "give node names as 'bonsai-mcu inspect' lists them, or first, last")
+    if options.weights not in PRECISIONS:
+        raise BonsaiError(f"--weights {options.weights}: must be one of {', '.join(PRECISIONS)}")
+    if options.weights == "float32" and options.int8_layers:
+        raise BonsaiError("--int8-layers with --weights float32: a model mixing int8 and float32 layers is not "
+                          "supported; keep the whole model in float32 or drop --weights float32")
+    if options.weights == "float32":
+        # Weights keep their float values (run_float reads node.weights) and no
+        # tensor gets int8 parameters, so no calibration is needed.
+        for node in graph.nodes:
+            if node.op in WEIGHTED_OPS:
+                node.quant.update(format="float32", granularity="")
+        return graph
     for node in graph.nodes:
         if node.op in WEIGHTED_OPS:
             quantize_weights(node, options)
 
+    needed = tensors_needing_ranges(graph)
+    missing = [name for name in needed if name not in recorded]
+    if not missing:
+        log.info("every activation takes its int8 parameters from the model's quantization nodes; "
+                 "calibration data is not needed%s", " and is not used" if samples is not None else "")
+        assign_qparams(graph, {}, recorded)
+        return graph
+    if recorded:
+        log.info("%d tensors take their int8 parameters from the model's quantization nodes; %d are calibrated",
+                 len(needed) - len(missing), len(missing))
     if samples is None:
         log.warning(
             "no calibration data: activation ranges come from %d standard-normal samples, "
@@ -319,5 +420,15 @@ def quantize(graph: Graph, options: QuantOptions, samples: list[list[np.ndarray]
             SYNTHETIC_SAMPLES,
         )
         samples = synthetic_calibration(graph)
-    assign_qparams(graph, collect_ranges(graph, samples))
+    assign_qparams(graph, collect_ranges(graph, samples), recorded)
     return graph
+
+
+def resolve_int8_layers(graph: Graph, names: set[str]) -> set[str]:
+    """Replace the keywords first and last by the names of the first and last Conv, Gemm or MatMul nodes."""
+    weighted = [node.name for node in graph.nodes if node.op in WEIGHTED_OPS]
+    keywords = {"first": weighted[:1], "last": weighted[-1:]}
+    resolved: set[str] = set()
+    for name in names:
+        resolved.update(keywords.get(name, [name]))
+    return resolved

@@ -105,7 +105,8 @@ def lut_function(name: str, params: dict):
         return lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
     if name == "Elu":
         alpha = params.get("alpha", 1.0)
-        return lambda x: np.where(x >= 0, x, alpha * (np.exp(np.minimum(x, 0)) - 1.0))
+        # expm1 keeps the relative precision of exp(x) - 1 for tiny negative x.
+        return lambda x: np.where(x >= 0, x, alpha * np.expm1(np.minimum(x, 0)))
     if name == "Softplus":
         return lambda x: np.logaddexp(0.0, x)
     raise ValueError(f"no float function for {name}")

@@ -21,9 +21,30 @@ import numpy as np
 from . import BonsaiError
 from .codegen import environment
 from .ir import Graph
-from .reference import run_quantized
+from .quantize import is_float_graph
+from .reference import run_float, run_quantized
 
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
+
+# With BONSAI_SANITIZE=1 in the environment, host simulators are built with
+# AddressSanitizer and UndefinedBehaviorSanitizer; the first report aborts the
+# run with a non-zero status, which run_simulator turns into a BonsaiError.
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+
+# Tolerance of float32 C outputs against the float64 reference (--weights float32):
+# |C - reference| <= FLOAT_ATOL + FLOAT_RTOL * |reference|.
+FLOAT_RTOL = 1e-4
+FLOAT_ATOL = 1e-5
+
+
+def sanitizer_flags() -> list[str]:
+    """Return the sanitizer compiler flags if BONSAI_SANITIZE is set to a value other than 0."""
+    return list(SANITIZE_FLAGS) if os.environ.get("BONSAI_SANITIZE", "0") not in ("", "0") else []
+
+
+def element_dtype(graph: Graph) -> type:
+    """Return the numpy type of the C model's inputs and outputs: float32 or int8."""
+    return np.float32 if is_float_graph(graph) else np.int8
 
 
 def find_compiler(cc: str | None = None) -> list[str]:
@@ -37,21 +58,26 @@ def find_compiler(cc: str | None = None) -> list[str]:
 
 
 def quantize_inputs(graph: Graph, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """Turn logical float samples into the physical int8 arrays the C reads."""
+    """Turn logical float samples into the physical arrays the C reads: int8, or float32 in a float model."""
     result = []
     for sample in samples:
         row = []
         for name, array in zip(graph.inputs, sample):
             tensor = graph.tensors[name]
-            row.append(tensor.qparams.quantize(tensor.to_physical(array.reshape(tensor.logical_shape))).reshape(-1))
+            physical = tensor.to_physical(array.reshape(tensor.logical_shape))
+            if tensor.qparams is None:
+                row.append(physical.astype(np.float32).reshape(-1))
+                continue
+            row.append(tensor.qparams.quantize(physical).reshape(-1))
         result.append(row)
     return result
 
 
 def reference_outputs(graph: Graph, inputs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
     outputs = []
+    run = run_float if is_float_graph(graph) else run_quantized
     for sample in inputs:
-        values = run_quantized(graph, sample)
+        values = run(graph, sample)
         outputs.append([values[name].copy() for name in graph.outputs])
     return outputs
 
@@ -71,12 +97,14 @@ def build_simulator(files: dict[str, str], graph: Graph, workdir: Path, cc: str 
         "output_sizes": [graph.tensors[n].size for n in graph.outputs],
         "arguments": ", ".join([f"input_{i}" for i in range(len(graph.inputs))] +
                                [f"output_{i}" for i in range(len(graph.outputs))]),
+        "element_type": "float" if is_float_graph(graph) else "int8_t",
     }
     main = workdir / "simulator_main.c"
     main.write_text(environment().get_template("simulator_main.c.j2").render(context))
     executable = workdir / "simulator"
     sources = [str(src / name) for name in sorted(files) if name.endswith(".c")]
-    command = compiler + STRICT_FLAGS + ["-O2"] + (extra_flags or []) + ["-I", str(src), str(main)] + sources + ["-o", str(executable)]
+    flags = STRICT_FLAGS + ["-O2"] + sanitizer_flags() + (extra_flags or [])
+    command = compiler + flags + ["-I", str(src), str(main)] + sources + ["-o", str(executable)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise BonsaiError(f"host build failed ({' '.join(command[:1])}): {result.stderr.strip()[:2000]}")
@@ -87,7 +115,8 @@ def run_simulator(executable: Path, graph: Graph, inputs: list[list[np.ndarray]]
                   env: dict | None = None) -> list[list[np.ndarray]]:
     workdir = executable.parent
     input_path, output_path = workdir / "inputs.bin", workdir / "outputs.bin"
-    input_path.write_bytes(b"".join(array.astype(np.int8).tobytes() for sample in inputs for array in sample))
+    dtype = element_dtype(graph)
+    input_path.write_bytes(b"".join(array.astype(dtype).tobytes() for sample in inputs for array in sample))
     try:
         result = subprocess.run([str(executable), str(input_path), str(output_path)],
                                 capture_output=True, text=True, timeout=timeout, env=env)
@@ -97,9 +126,9 @@ def run_simulator(executable: Path, graph: Graph, inputs: list[list[np.ndarray]]
         raise BonsaiError(f"host simulator failed with status {result.returncode}: {result.stderr.strip()[:2000]}")
 
     sizes = [graph.tensors[n].size for n in graph.outputs]
-    raw = np.frombuffer(output_path.read_bytes(), dtype=np.int8)
+    raw = np.frombuffer(output_path.read_bytes(), dtype=dtype)
     if raw.size != sum(sizes) * len(inputs):
-        raise BonsaiError(f"host simulator wrote {raw.size} bytes; expected {sum(sizes) * len(inputs)}")
+        raise BonsaiError(f"host simulator wrote {raw.size} values; expected {sum(sizes) * len(inputs)}")
     outputs, position = [], 0
     for _ in inputs:
         row = []
@@ -115,19 +144,27 @@ class Mismatch:
     sample: int
     output: int
     index: int
-    expected: int
-    actual: int
+    expected: int | float
+    actual: int | float
 
 
-def compare_outputs(expected: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -> list[Mismatch]:
-    """List the first differing element of every (sample, output) that differs."""
+def compare_outputs(expected: list[list[np.ndarray]], actual: list[list[np.ndarray]],
+                    rtol: float = 0.0, atol: float = 0.0) -> list[Mismatch]:
+    """List the first differing element of every (sample, output) that differs.
+
+    With rtol or atol, elements differ when |actual - expected| > atol + rtol * |expected|
+    (NaN matches NaN); without them they must be equal.
+    """
     mismatches = []
     for sample, (want_row, got_row) in enumerate(zip(expected, actual)):
         for output, (want, got) in enumerate(zip(want_row, got_row)):
-            differ = np.flatnonzero(want != got)
+            if rtol or atol:
+                differ = np.flatnonzero(~np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True))
+            else:
+                differ = np.flatnonzero(want != got)
             if differ.size:
                 i = int(differ[0])
-                mismatches.append(Mismatch(sample, output, i, int(want[i]), int(got[i])))
+                mismatches.append(Mismatch(sample, output, i, want[i].item(), got[i].item()))
     return mismatches
 
 
@@ -184,7 +221,9 @@ def agreement(graph: Graph, float_results, quantized_outputs, task: str = "auto"
     for index, name in enumerate(graph.outputs):
         tensor = graph.tensors[name]
         reference = np.stack([row[index].reshape(-1) for row in float_results])
-        dequantized = np.stack([tensor.to_logical(tensor.qparams.dequantize(row[index])).reshape(-1)
+        # Float32 outputs (--weights float32) have no int8 parameters to undo.
+        dequantized = np.stack([tensor.to_logical(tensor.qparams.dequantize(row[index]) if tensor.qparams
+                                                  else row[index]).reshape(-1)
                                 for row in quantized_outputs])
         difference = dequantized - reference
         norms = np.linalg.norm(reference) * np.linalg.norm(dequantized)

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Install the cross compilers, QEMU and clang the tests use, with apt, when
-# any of them is missing. Without root or apt-get it only lists what is
-# missing: the tests that need those tools then skip (outside CI) with the
-# install command in the reason.
+# Install the cross compilers, QEMU, clang, CMake and Chromium (for the
+# report screenshot test) that the tests use, with apt, when any of them is
+# missing. Without root or apt-get it only lists what is missing: the tests
+# that need those tools then skip (outside CI) with the install command in
+# the reason.
 set -euo pipefail
 
 packages=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
           gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
-          gcc-xtensa-lx106 picolibc-xtensa-lx106-elf clang)
+          gcc-xtensa-lx106 picolibc-xtensa-lx106-elf clang cmake chromium)
 tools=(arm-none-eabi-gcc qemu-system-arm riscv64-unknown-elf-gcc qemu-system-riscv32
-       xtensa-lx106-elf-gcc clang)
+       xtensa-lx106-elf-gcc clang cmake chromium)
 
 missing=()
 for tool in "${tools[@]}"; do
