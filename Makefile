@@ -18,10 +18,15 @@ example: install
 	bonsai-mcu generate examples/digits/digits.onnx -o $(OUT)/digits --name digits \
 		--calibration examples/digits/digits_calibration.npy --target host
 	bonsai-mcu verify examples/digits/digits.onnx --name digits \
-		--calibration examples/digits/digits_calibration.npy --inputs examples/digits/digits_test.npy
+		--calibration examples/digits/digits_calibration.npy --inputs examples/digits/digits_test.npy \
+		--labels examples/digits/digits_test_labels.npy
 
+# The second run repeats the suite with every host simulator and kernel
+# harness built under AddressSanitizer and UndefinedBehaviorSanitizer
+# (BONSAI_SANITIZE=1); any sanitizer report fails the test that ran the build.
 test: install toolchains
 	$(PYTHON) -m pytest -q
+	BONSAI_SANITIZE=1 $(PYTHON) -m pytest -q
 
 clean:
 	rm -rf $(OUT) build dist *.egg-info

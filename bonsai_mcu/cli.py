@@ -18,7 +18,7 @@ from .pipeline import Progress, compile_model, layer_rows, summary_lines, write_
 from .plan import plan_graph
 from .quantize import GRANULARITIES, METHODS, PRECISIONS, QuantOptions, choose_layout, is_float_graph
 from .targets import available_targets, load_target
-from .verify import (FLOAT_ATOL, FLOAT_RTOL, agreement, build_simulator, compare_outputs, float_outputs,
+from .verify import (label_accuracy, load_labels, FLOAT_ATOL, FLOAT_RTOL, agreement, build_simulator, compare_outputs, float_outputs,
                      quantize_inputs, reference_outputs, run_simulator, temporary_workdir)
 
 
@@ -143,13 +143,16 @@ Examples:
               help="Keep the simulator build in this folder.")
 @click.option("--task", type=click.Choice(["auto", "classify", "regress"]), default="auto", show_default=True,
               help="Report top-1 agreement for class scores (auto: guessed from the output).")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Class labels of the inputs (.npy, integers, one per sample): report the accuracy of the "
+                   "float model and of the quantized model against them.")
 @click.option("--on", "on", type=click.Choice(["host", "qemu"]), default="host", show_default=True,
               help="qemu also runs the C cross-compiled for --target on its emulated core and compares "
                    "it with the host simulator, bit for bit, and counts instructions per inference.")
 @quant_options
 @click.pass_context
 @_errors_to_exit
-def verify(ctx, model, inputs_path, cc, keep, task, on, target, name, calibration, method, granularity, group_size,
+def verify(ctx, model, inputs_path, cc, keep, task, labels, on, target, name, calibration, method, granularity, group_size,
            int8_layers, weights):
     """Check the generated C against the reference, bit for bit, and the float model."""
     target_spec = load_target(target)
@@ -186,6 +189,10 @@ def verify(ctx, model, inputs_path, cc, keep, task, on, target, name, calibratio
         if entry.top1 is not None:
             text += f", top-1 agreement {entry.top1 * 100:.1f}%"
         click.echo(text)
+    if labels:
+        accuracy = label_accuracy(graph, load_labels(labels, len(samples)), float_results, actual)
+        click.echo(f"accuracy against {labels}: float model {accuracy[0] * 100:.1f}%, "
+                   f"quantized C {accuracy[1] * 100:.1f}% ({len(samples)} samples, output 0)")
     if on == "qemu":
         mismatches += verify_on_qemu(compiled, inputs, actual, Path(keep) / "qemu" if keep else None)
     if mismatches:

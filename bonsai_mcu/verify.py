@@ -243,3 +243,26 @@ def temporary_workdir(keep: Path | None) -> tuple[Path, tempfile.TemporaryDirect
         return keep, None
     holder = tempfile.TemporaryDirectory(prefix="bonsai-verify-")
     return Path(holder.name), holder
+
+
+def load_labels(path: str | Path, count: int) -> np.ndarray:
+    """Load integer class labels, one per sample, from an .npy file."""
+    path = Path(path)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise BonsaiError(f"{path}: not a readable .npy file ({error})") from error
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
+        raise BonsaiError(f"{path}: dtype {labels.dtype}, shape {list(labels.shape)}; expected integer labels of shape [N]")
+    if labels.shape[0] != count:
+        raise BonsaiError(f"{path}: {labels.shape[0]} labels for {count} input samples")
+    return labels
+
+
+def label_accuracy(graph: Graph, labels: np.ndarray, float_results, quantized_outputs) -> tuple[float, float]:
+    """Return top-1 accuracy of the float model and of the quantized model on output 0."""
+    tensor = graph.tensors[graph.outputs[0]]
+    float_classes = np.array([row[0].reshape(-1).argmax() for row in float_results])
+    quantized_classes = np.array([tensor.to_logical(tensor.qparams.dequantize(row[0])).reshape(-1).argmax()
+                                  for row in quantized_outputs])
+    return float(np.mean(float_classes == labels)), float(np.mean(quantized_classes == labels))
