@@ -96,9 +96,10 @@ def matmul_nbits_trits(codes: np.ndarray, zero_points: np.ndarray, depth: int) -
     listed = ", ".join(f"{v:g}" for v in outside[:8]) + (", ..." if outside.size > 8 else "")
     rows = int(np.any(~ternary, axis=1).sum())
     raise ValueError(
-        f"the weight codes are not ternary: code - zero_point takes the values {listed} in {rows} of {codes.shape[0]} "
-        "rows, and only -1, 0 and +1 map onto trits without loss; quantize the weights to three levels "
-        "(zero_point - 1, zero_point, zero_point + 1), or give a float model to ternarize with --method"
+        f"the weight codes are not ternary: code - zero_point takes the values {listed} in {rows} of "
+        f"{codes.shape[0]} rows, and only -1, 0 and +1 map onto trits without loss; quantize the weights "
+        "to three levels (zero_point - 1, zero_point, zero_point + 1), or give a float model to ternarize "
+        "with --method"
     )
 
 
@@ -217,7 +218,7 @@ class FormatImporter:
             raise importer.problem(node, f"its integer output feeds {used_by}; only QuantizeLinear -> "
                                          "DequantizeLinear pairs (QDQ) are supported on activations")
         self.quantized[node.output[0]] = self.linear_qparams(node)
-        importer.bind(node.output[0], x.name)
+        self.alias(node.input[0], node.output[0], x.name)
 
     def dequantize_linear(self, node: onnx.NodeProto) -> None:
         importer = self.importer
@@ -233,12 +234,24 @@ class FormatImporter:
                                          f"from its QuantizeLinear's ({expected.scale:g}, {expected.zero_point})")
         tensor = importer.tensors[importer.env[source].tensor]
         self.record(tensor, qparams)
-        importer.bind(node.output[0], tensor.name)
+        self.alias(source, node.output[0], tensor.name)
 
     def record(self, tensor, qparams: QParams) -> None:
         # A later pair on the same IR tensor wins: after a fused activation it
-        # describes the values the tensor finally holds.
+        # describes the values the tensor finally contains.
         tensor.qparams = qparams
+
+    def alias(self, onnx_input: str, onnx_output: str, tensor: str) -> None:
+        """Bind onnx_output to the IR tensor of onnx_input, counting the input's other uses as its own.
+
+        The importer fuses a ReLU into the op before it only when that op's
+        output has one use. Behind a quantizer, the other uses of the
+        quantizer's input count as well.
+        """
+        importer = self.importer
+        others = importer.consumer_count.get(onnx_input, 0) - 1 + (onnx_input in importer.graph_outputs)
+        importer.consumer_count[onnx_output] = importer.consumer_count.get(onnx_output, 0) + others
+        importer.bind(onnx_output, tensor)
 
     def fold_linear_quantization(self, node: onnx.NodeProto) -> None:
         """Evaluate a QuantizeLinear or DequantizeLinear on constants: per tensor, per axis or per block."""
@@ -286,7 +299,8 @@ class FormatImporter:
         depth, out_features, block_size = int(attrs["K"]), int(attrs["N"]), int(attrs["block_size"])
         bits = int(attrs.get("bits", 4))
         if bits not in (2, 4, 8):
-            raise importer.problem(node, f"bits={bits}; codes of 2, 4 or 8 bits are supported")
+            raise importer.problem(node, f"bits={bits} is not supported; only 2-, 4- and 8-bit codes are read "
+                                         "(ternary weights fit in bits=2)")
         if len(node.input) > 4 and node.input[4]:
             raise importer.problem(node, "the deprecated g_idx input is not supported")
         if attrs.get("weight_prepacked", 0):
@@ -380,7 +394,7 @@ class FormatImporter:
             raise importer.problem(node, f"zero point {zero_point.reshape(-1)[0]:g} lies outside the "
                                          f"{'signed' if signed else 'unsigned'} 8-bit range")
         self.record(x, qparams)
-        importer.bind(node.output[0], x.name)
+        self.alias(node.input[0], node.output[0], x.name)
 
     def bipolar_quant(self, node: onnx.NodeProto) -> None:
         importer = self.importer

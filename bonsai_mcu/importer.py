@@ -174,6 +174,12 @@ class _Importer:
         if onnx_input not in self.env:
             return None
         tensor = self.env[onnx_input].tensor
+        # Identity and Dropout bind several ONNX names to one IR tensor: count every reader of each.
+        names = [name for name, value in self.env.items() if value.tensor == tensor]
+        if any(name in self.graph_outputs for name in names):
+            return None
+        if sum(self.consumer_count.get(name, 0) for name in names) - len(names) + 1 != 1:
+            return None
         for node in reversed(self.nodes):
             if tensor in node.outputs:
                 if node.op in ops and node.outputs[0] == tensor and len(self.consumers_ir(tensor)) == 0:

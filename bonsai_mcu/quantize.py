@@ -390,7 +390,7 @@ def quantize(graph: Graph, options: QuantOptions, samples: list[list[np.ndarray]
     if options.weights not in PRECISIONS:
         raise BonsaiError(f"--weights {options.weights}: must be one of {', '.join(PRECISIONS)}")
     if options.weights == "float32" and options.int8_layers:
-        raise BonsaiError("--int8-layers with --weights float32: a model mixing int8 and float32 layers is not "
+        raise BonsaiError("--keep-int8 with --weights float32: a model mixing int8 and float32 layers is not "
                           "supported; keep the whole model in float32 or drop --weights float32")
     if options.weights == "float32":
         # Weights keep their float values (run_float reads node.weights) and no

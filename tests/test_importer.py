@@ -349,3 +349,17 @@ def test_dynamic_batch_dimension_becomes_one(tmp_path):
     model = gemm(["batch", 8], (8, 3), (3,))
     graph = import_onnx(save(model, tmp_path))
     assert graph.tensors[graph.inputs[0]].logical_shape == (1, 8)
+
+
+def test_relu_behind_identity_not_fused_when_shared(tmp_path):
+    # c is read by Identity (then Relu) and by Add: fusing the Relu into the Conv would change c.
+    model = conv_then([node("Identity", ["c"], "i"), node("Relu", ["i"], "r"), node("Add", ["r", "c"], "y")])
+    path = save(model, tmp_path)
+    graph = import_onnx(path)
+
+    assert graph.nodes[0].attrs["activation"] is None
+    assert "Clamp" in [n.op for n in graph.nodes]
+    for feeds in random_inputs(model, seed=3, count=1):
+        want = run_onnxruntime(path, feeds)
+        got = run_ir_float(graph, [feeds[name] for name in graph.onnx_inputs])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
