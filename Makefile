@@ -28,5 +28,10 @@ test: install toolchains
 	$(PYTHON) -m pytest -q
 	BONSAI_SANITIZE=1 $(PYTHON) -m pytest -q
 
+# Instructions per layer and per inference on emulated Cortex-M4, M7, M55 and RV32 (QEMU),
+# flash and RAM, written to BENCHMARKS.md; a few minutes on two cores.
+bench: install toolchains
+	bonsai-mcu bench --output BENCHMARKS.md
+
 clean:
 	rm -rf $(OUT) build dist *.egg-info

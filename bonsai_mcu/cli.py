@@ -109,16 +109,20 @@ Examples:
               help="Library version written into the manifests (MAJOR.MINOR.PATCH).")
 @click.option("--package-url", default="",
               help="Web page of the library for the manifests [default: none; Arduino gets the output folder].")
+@click.option("--extra-scratch", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Bytes by which kernel scratch may make the arena larger than a plain tensor-by-tensor plan, "
+                   "for faster kernels (the tables of fully connected layers).")
 @quant_options
 @click.pass_context
 @_errors_to_exit
-def generate(ctx, model, output, force, package, package_version, package_url, target, name, calibration, method,
-             granularity, group_size, int8_layers, weights):
+def generate(ctx, model, output, force, package, package_version, package_url, extra_scratch, target, name,
+             calibration, method, granularity, group_size, int8_layers, weights):
     """Generate C sources for MODEL (ONNX) into OUTPUT, with library manifests."""
     ecosystems = parse_ecosystems(package)
     target_spec = load_target(target)
     compiled = compile_model(model, target_spec, name,
-                             _quant_options(method, granularity, group_size, int8_layers, weights), calibration)
+                             _quant_options(method, granularity, group_size, int8_layers, weights), calibration,
+                             extra_scratch)
     lines = summary_lines(compiled)
     extra = {"report.txt": "\n".join(lines) + "\n"}
     extra.update(package_files(compiled, ecosystems, output, package_version, package_url))
@@ -316,3 +320,28 @@ def report(ctx, model, output, inputs_path, board, target, name, calibration, me
         for line in text_summary(result):
             click.echo(line)
         click.echo(f"wrote {written}")
+
+
+@main.command(epilog="""\b
+Examples:
+  bonsai-mcu bench
+  bonsai-mcu bench --target cortex-m4 --repeats 3 -o /tmp/bench.md
+""")
+@click.option("--target", "-t", "targets", multiple=True,
+              help="Target to measure (repeatable) [default: cortex-m4, cortex-m7, cortex-m55, esp32c3].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="BENCHMARKS.md", show_default=True,
+              help="Markdown file to write.")
+@click.option("--repeats", type=click.IntRange(1, 50), default=10, show_default=True,
+              help="Runs of each case; figures are means.")
+@click.option("--models", type=click.Path(file_okay=False), default=None,
+              help="Folder of the shared reference models [default: ../shared/models beside the repository].")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Keep the generated sources and firmware in this folder.")
+@_errors_to_exit
+def bench(targets, output, repeats, models, keep):
+    """Measure instructions per layer and per inference on emulated cores; write BENCHMARKS.md."""
+    from .bench import SHARED_MODELS, TARGETS, command_line, run_bench
+
+    run_bench(list(targets) or list(TARGETS), Path(output), repeats, Path(models) if models else SHARED_MODELS,
+              Path(keep) if keep else None, command_line())
+    click.echo(f"wrote {output}")

@@ -100,6 +100,11 @@ class _Emitter:
         self.layers: list[dict] = []
         self.tables: list[str] = []
         self.kernels: set[str] = set()
+        # Kernel of each node (bonsai_mcu.kernels.KernelChoice); empty: the reference kernels.
+        self.choices: list = []
+        self.fast_layers: list = []
+        self.depthwise_loops: list[dict] = []
+        self.sad_rows: list[dict] = []
 
     def pointer(self, tensor: str, const: bool) -> str:
         qualifier = "const int8_t *" if const else "int8_t *"
@@ -135,6 +140,11 @@ class _Emitter:
         return arrays, init
 
     def emit(self, index: int, node: Node) -> None:
+        if self.choices and self.choices[index].is_fast:
+            from .codegen_fast import emit_fast
+
+            emit_fast(self, index, node, self.choices[index])
+            return
         symbol = f"{self.prefix}_layer{index}"
         comment = self.describe(index, node)
         out = node.outputs[0]
@@ -243,9 +253,14 @@ def tensor_context(graph: Graph, name: str, onnx_name: str) -> dict:
     }
 
 
-def render(graph: Graph, plan: ArenaPlan, target: Target, prefix: str) -> dict[str, str]:
-    """Render every generated file; return {file name: text} for the src/ folder."""
+def render(graph: Graph, plan: ArenaPlan, target: Target, prefix: str, kernels: list | None = None) -> dict[str, str]:
+    """Render every generated file; return {file name: text} for the src/ folder.
+
+    kernels: the kernel of each node (bonsai_mcu.kernels.choose_kernels); None runs every
+    layer on the reference kernels.
+    """
     from .codegen_f32 import FLOAT_BYTES, FloatEmitter
+    from .codegen_fast import kernel_files, template_context
     from .quantize import is_float_graph
 
     env = environment()
@@ -253,6 +268,8 @@ def render(graph: Graph, plan: ArenaPlan, target: Target, prefix: str) -> dict[s
     # Planned offsets and sizes count elements: 1 byte in int8, FLOAT_BYTES in float32.
     element_type, element_bytes = ("float", FLOAT_BYTES) if float_mode else ("int8_t", 1)
     emitter = (FloatEmitter if float_mode else _Emitter)(graph, plan, prefix)
+    if kernels and not float_mode:
+        emitter.choices = list(kernels)
     for index, node in enumerate(graph.nodes):
         emitter.emit(index, node)
 
@@ -279,6 +296,9 @@ def render(graph: Graph, plan: ArenaPlan, target: Target, prefix: str) -> dict[s
         "weights_section": target.weights_section, "arena_section": target.arena_section,
         "summary": f"{len(graph.nodes)} layers, {len(graph.inputs)} input(s), {len(graph.outputs)} output(s)",
     }
+    fast_files = kernel_files(emitter) if not float_mode else {}
+    if not float_mode:
+        context.update(template_context(emitter))
 
     files = {
         f"{prefix}.h": env.get_template("model.h.j2").render(context),
@@ -286,6 +306,8 @@ def render(graph: Graph, plan: ArenaPlan, target: Target, prefix: str) -> dict[s
         f"{prefix}_weights.c": env.get_template("weights.c.j2").render(context),
         f"{prefix}_kernels.h": env.get_template("kernels/kernels.h.j2").render(context),
     }
-    for kernel in sorted(emitter.kernels):
+    for kernel in sorted(emitter.kernels - set(fast_files)):
         files[f"{prefix}_{kernel}.c"] = env.get_template(f"kernels/{kernel}.c.j2").render(context)
+    for stem, template in sorted(fast_files.items()):
+        files[f"{prefix}_{stem}.c"] = env.get_template(f"kernels/{template}.c.j2").render(context)
     return files

@@ -261,9 +261,16 @@ class FormatImporter:
         scale = np.asarray(importer.const(node, 1, "scale"), dtype=np.float64)
         zero_point = importer.optional_const(node, 2)
         offset = np.zeros_like(scale) if zero_point is None else np.asarray(zero_point, dtype=np.float64)
+        if scale.size == 0 or offset.shape != scale.shape or (scale.size > 1 and x.ndim == 0):
+            raise importer.problem(node, f"scale of shape {list(scale.shape)} and zero point of shape "
+                                         f"{list(offset.shape)} do not fit the input of shape {list(x.shape)}")
         if scale.size > 1:
             axis = attrs.get("axis", 1) % x.ndim
             block_size = int(attrs.get("block_size", 0))
+            if block_size < 0 or (not block_size and scale.size != x.shape[axis]) or (
+                    block_size and (scale.ndim != x.ndim or scale.shape[axis] * block_size < x.shape[axis])):
+                raise importer.problem(node, f"scale of shape {list(scale.shape)} does not fit axis {axis} "
+                                             f"of the input of shape {list(x.shape)}")
             if block_size:
                 scale = np.repeat(scale, block_size, axis=axis).take(range(x.shape[axis]), axis=axis)
                 offset = np.repeat(offset, block_size, axis=axis).take(range(x.shape[axis]), axis=axis)

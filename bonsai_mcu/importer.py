@@ -75,6 +75,19 @@ def _sanitize(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
+def _check_names(model: onnx.ModelProto, path: Path) -> None:
+    """Reject names that are not valid UTF-8: protobuf hands them over as bytes, not str."""
+    graph = model.graph
+    names = [value.name for value in list(graph.input) + list(graph.output) + list(graph.value_info)]
+    names += [init.name for init in graph.initializer]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        names += [attribute.name for attribute in node.attribute]
+    for name in names:
+        if not isinstance(name, str):
+            raise BonsaiError(f"{path}: not a valid ONNX file (name {name!r} is not valid UTF-8)")
+
+
 def _load(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise BonsaiError(f"{path}: model file not found")
@@ -84,11 +97,14 @@ def _load(path: Path) -> onnx.ModelProto:
         raise BonsaiError(f"{path}: not a valid ONNX file ({type(error).__name__}: {error})") from error
     if not model.graph.node and not model.graph.output:
         raise BonsaiError(f"{path}: not a valid ONNX file (the graph is empty or the file is truncated)")
+    _check_names(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
         first_line = str(error).strip().splitlines()[0]
         raise BonsaiError(f"{path}: ONNX checker rejected the model: {first_line}") from error
+    except ValueError as error:  # names that are not UTF-8, messages the C++ checker cannot parse back
+        raise BonsaiError(f"{path}: not a valid ONNX file (onnx.checker cannot read it: {error})") from error
     return model
 
 
@@ -220,7 +236,11 @@ class _Importer:
     def run(self) -> Graph:
         graph = self.model.graph
         for init in graph.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            try:
+                self.consts[init.name] = numpy_helper.to_array(init)
+            except (KeyError, ValueError, TypeError) as error:  # unknown data_type, data not matching dims
+                raise BonsaiError(f"{self.path}: initializer '{init.name}' cannot be read "
+                                  f"({type(error).__name__}: {error}); re-export the model") from error
         for node in graph.node:
             for name in node.input:
                 if name:
@@ -236,7 +256,8 @@ class _Importer:
                 continue
             elem_type = value.type.tensor_type.elem_type
             if elem_type != onnx.TensorProto.FLOAT:
-                type_name = onnx.TensorProto.DataType.Name(elem_type)
+                known = elem_type in onnx.TensorProto.DataType.values()
+                type_name = onnx.TensorProto.DataType.Name(elem_type) if known else f"number {elem_type}"
                 raise BonsaiError(f"{self.path}: input '{value.name}' has type {type_name}; only float32 inputs are supported")
             shape = tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
             # Only a tensor with channels and spatial axes (rank 3 or 4) has a channels-last order.
@@ -419,7 +440,11 @@ class _Importer:
         if weights.ndim != len(x.shape):
             raise self.problem(node, f"W rank {weights.ndim} does not match input rank {len(x.shape)}")
         group = int(attrs.get("group", 1))
+        if group < 1:
+            raise self.problem(node, f"group={group}; it must be a positive number")
         kernel = attrs.get("kernel_shape", list(weights.shape[2:]))
+        if list(kernel) != list(weights.shape[2:]):
+            raise self.problem(node, f"kernel_shape {list(kernel)} does not match W of shape {list(weights.shape)}")
         geometry = self.spatial_geometry(node, x, kernel, attrs, "Conv")
         out_channels = weights.shape[0]
         if geometry["in_channels"] % group or out_channels % group:
@@ -492,6 +517,12 @@ class _Importer:
         producer = self.fusable_producer(node.input[0], ("Conv", "Dense"))
         if producer is None or producer.attrs.get("activation"):
             raise self.problem(node, "BatchNormalization must follow a Conv or Gemm whose output has no other consumer, so it can be folded")
+        channels = producer.weights.shape[0]
+        for values, what in ((gamma, "scale"), (beta, "B"), (mean, "mean"), (var, "var")):
+            if values.size != channels:
+                raise self.problem(node, f"{what} has shape {list(values.shape)}; expected {channels} values, "
+                                         "one per channel")
+        gamma, beta, mean, var = (values.reshape(-1) for values in (gamma, beta, mean, var))
         factor = gamma / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
         producer.weights = producer.weights * factor.reshape((-1,) + (1,) * (producer.weights.ndim - 1))
         producer.bias = (producer.bias - mean) * factor + beta
@@ -630,9 +661,16 @@ class _Importer:
 
     def op_Reshape(self, node):
         x = self.value(node)
-        target = [int(d) for d in self.const(node, 1, "shape")]
+        shape_values = np.asarray(self.const(node, 1, "shape")).reshape(-1)
+        if not np.issubdtype(shape_values.dtype, np.integer):
+            raise self.problem(node, f"shape has type {shape_values.dtype}; it must be an int64 tensor")
+        if shape_values.size and (shape_values.min() < -1 or shape_values.max() >= 2 ** 31):
+            raise self.problem(node, f"shape {shape_values.tolist()} holds a dimension outside [-1, 2^31)")
+        target = [int(d) for d in shape_values]
         allowzero = self.attrs(node).get("allowzero", 0)
         logical = x.logical_shape
+        if not allowzero and any(d == 0 and i >= len(logical) for i, d in enumerate(target)):
+            raise self.problem(node, f"shape {target} copies (0) an axis that input shape {list(logical)} lacks")
         resolved = [logical[i] if d == 0 and not allowzero else d for i, d in enumerate(target)]
         if resolved.count(-1) > 1:
             raise self.problem(node, "shape has more than one -1")
@@ -654,7 +692,10 @@ class _Importer:
     def axes_of(self, node) -> list[int] | None:
         axes = self.attrs(node).get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = [int(a) for a in self.const(node, 1, "axes")]
+            values = np.asarray(self.const(node, 1, "axes")).reshape(-1)
+            if not np.issubdtype(values.dtype, np.integer):
+                raise self.problem(node, f"axes has type {values.dtype}; it must be an int64 tensor")
+            axes = [int(a) for a in values]
         return None if axes is None else list(axes)
 
     def op_Squeeze(self, node):
@@ -664,7 +705,7 @@ class _Importer:
         if axes is None:
             axes = [i for i, d in enumerate(logical) if d == 1]
         axes = [a + len(logical) if a < 0 else a for a in axes]
-        if any(logical[a] != 1 for a in axes):
+        if any(a < 0 or a >= len(logical) for a in axes) or any(logical[a] != 1 for a in axes):
             raise self.problem(node, f"cannot squeeze axes {axes} of shape {list(logical)}")
         self.reshape_to(node, x, [d for i, d in enumerate(logical) if i not in axes])
 
@@ -681,6 +722,8 @@ class _Importer:
         x = self.value(node)
         rank = len(x.shape)
         order = self.attrs(node).get("perm", list(range(rank))[::-1])
+        if sorted(order) != list(range(rank)):
+            raise self.problem(node, f"perm {list(order)} is not a permutation of the {rank} input axes")
         inverse = np.argsort(order)
         perm = tuple(int(inverse[axis]) for axis in x.perm)
         out = self.alias(x, node.output[0], x.shape, perm)

@@ -8,7 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -18,6 +18,7 @@ from . import BonsaiError
 from .codegen import render
 from .data import load_samples
 from .importer import import_onnx
+from .kernels import choose_kernels
 from .ir import WEIGHTED_OPS, Graph, node_macs
 from .pack import packed_trit_bytes
 from .plan import ArenaPlan, plan_graph
@@ -37,6 +38,8 @@ class Compiled:
     files: dict[str, str]
     target: Target
     name: str
+    # Kernel of each node, in graph order (bonsai_mcu.kernels.KernelChoice); empty for float32.
+    kernels: list = field(default_factory=list)
 
 
 def check_name(name: str) -> str:
@@ -71,13 +74,20 @@ class Progress:
 
 
 def compile_model(model: str | Path, target: Target, name: str | None = None,
-                  options: QuantOptions | None = None, calibration: str | Path | None = None) -> Compiled:
+                  options: QuantOptions | None = None, calibration: str | Path | None = None,
+                  extra_scratch: int = 0) -> Compiled:
+    """Import, quantize, choose kernels, plan and render one model.
+
+    extra_scratch: bytes by which kernel scratch may make the arena larger than a plain
+    tensor-by-tensor plan (bonsai_mcu.kernels.choose_kernels).
+    """
     graph = import_onnx(model, check_name(name) if name else None)
     samples = load_samples(calibration, graph) if calibration else None
     quantize(graph, options or QuantOptions(), Progress(samples, "calibrating") if samples else None)
-    plan = plan_graph(graph, max(target.alignment, 4))
-    files = render(graph, plan, target, graph.name)
-    return Compiled(graph, plan, files, target, graph.name)
+    kernels = [] if is_float_graph(graph) else choose_kernels(graph, target, extra_scratch)
+    plan = plan_graph(graph, max(target.alignment, 4), kernels)
+    files = render(graph, plan, target, graph.name, kernels)
+    return Compiled(graph, plan, files, target, graph.name, kernels)
 
 
 def write_output(files: dict[str, str], out_dir: str | Path, force: bool = False,
@@ -156,11 +166,15 @@ def weight_storage(node) -> int:
     return data + 4 * int(quant["multipliers"].size)
 
 
-def weight_summary(graph: Graph) -> dict:
+def weight_summary(graph: Graph, kernels: list | None = None) -> dict:
+    """Weight storage figures. With the kernel of each node, ternary bytes are those of the
+    layouts the kernels read (dense_lut pads every row to whole bytes)."""
     ternary = [n for n in graph.nodes if n.quant.get("format") == "ternary"]
     int8 = [n for n in graph.nodes if n.quant.get("format") == "int8"]
     ternary_count = sum(int(n.quant["values"].size) for n in ternary)
-    packed = sum(packed_trit_bytes(int(n.quant["values"].size)) for n in ternary)
+    layouts = {id(node): choice.data["weights"].size for node, choice in zip(graph.nodes, kernels or [])
+               if choice.kernel == "dense_lut"}
+    packed = sum(layouts.get(id(n), packed_trit_bytes(int(n.quant["values"].size))) for n in ternary)
     scales = sum(4 * int(n.quant["multipliers"].size) for n in ternary)
     int8_bytes = sum(weight_storage(n) for n in int8)
     bias = sum(8 * int(n.quant["bias_fixed"].size) for n in ternary + int8)
@@ -177,7 +191,7 @@ def weight_summary(graph: Graph) -> dict:
 
 def summary_lines(compiled: Compiled) -> list[str]:
     graph, plan = compiled.graph, compiled.plan
-    weights = weight_summary(graph)
+    weights = weight_summary(graph, compiled.kernels)
     macs = sum(node_macs(n, graph) for n in graph.nodes)
     weighted = [n for n in graph.nodes if n.op in WEIGHTED_OPS]
     lines = [
@@ -199,11 +213,34 @@ def summary_lines(compiled: Compiled) -> list[str]:
     element_bytes = 4 if is_float_graph(graph) else 1
     lines.append(f"arena: {plan.arena_size * element_bytes:,} B (lower bound {plan.lower_bound * element_bytes:,} B, "
                  "inputs and outputs included)")
-    lines.append(f"kernel scratch: {plan.scratch_size:,} B")
+    if plan.in_place or plan.scratch_size:
+        lines.append(f"arena without in-place layers and scratch: lower bound {plan.plain_lower_bound:,} B; "
+                     f"{len(plan.in_place)} layer(s) write over their input")
+    if plan.scratch_offsets:
+        largest = max(plan.scratch_offsets, key=lambda index: compiled.kernels[index].scratch)
+        lines.append(f"kernel scratch: largest {plan.scratch_size:,} B (layer {largest}); each layer's scratch "
+                     "is alive during that layer only")
+    else:
+        lines.append(f"kernel scratch: {plan.scratch_size:,} B")
+    lines += kernel_lines(compiled)
     errors = [(n.name, n.quant["weight_error"]) for n in weighted
               if n.quant.get("format") in ("ternary", "int8") and n.quant.get("method") != "exact"]
     if errors:
         worst = max(errors, key=lambda item: item[1])
         lines.append(f"ternarization error (relative RMS): mean {np.mean([e for _, e in errors]):.3f}, "
                      f"worst {worst[1]:.3f} in '{worst[0]}'")
+    return lines
+
+
+def kernel_lines(compiled: Compiled) -> list[str]:
+    """Return one line per weighted layer: its kernel and why, for the summary and report.txt."""
+    if not compiled.kernels:
+        return []
+    lines = ["kernels:"]
+    for index, (node, choice) in enumerate(zip(compiled.graph.nodes, compiled.kernels)):
+        if not choice.kernel:
+            continue
+        name = choice.kernel + (f" ({choice.variant})" if choice.is_fast else "")
+        scratch = f", scratch {choice.scratch:,} B" if choice.scratch else ""
+        lines.append(f"  {index:>3} {node.op:<6} {name}{scratch}: {choice.reason}")
     return lines

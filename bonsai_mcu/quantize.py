@@ -181,6 +181,8 @@ def quantize_weights(node: Node, options: QuantOptions) -> None:
     """Fill node.quant with the weight values, scales and their dequantized float copy."""
     out_channels = node.weights.shape[0]
     matrix = node.weights.reshape(out_channels, -1)
+    if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(node.bias)):
+        raise BonsaiError(f"node '{node.name}': weights or bias contain NaN or infinite values; fix the model")
 
     if node.name in options.int8_layers or options.weights == "int8":
         values, scales, size = int8_weights(matrix)
@@ -228,6 +230,9 @@ def collect_ranges(graph: Graph, samples: list[list[np.ndarray]]) -> dict[str, t
         physical = [graph.tensors[name].to_physical(array) for name, array in zip(graph.inputs, sample)]
         for name, value in run_float(graph, physical).items():
             low, high = float(value.min()), float(value.max())
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise BonsaiError(f"calibration: tensor '{name}' takes NaN or infinite values; check the model's "
+                                  "weights and the calibration samples for NaN, infinity or overflow")
             if name in ranges:
                 low, high = min(low, ranges[name][0]), max(high, ranges[name][1])
             ranges[name] = (low, high)

@@ -333,6 +333,7 @@ def render_html(report: Report) -> str:
     context = {
         "report": report, "compiled": compiled, "graph": graph, "plan": compiled.plan, "totals": totals,
         "model_name": Path(report.model).name, "version": __version__, "format_bytes": format_bytes,
+        "plain_lower_bound": compiled.plan.plain_lower_bound if compiled.plan.plain_lower_bound != compiled.plan.lower_bound else 0,
     }
     return html_environment().get_template("report.html.j2").render(context)
 

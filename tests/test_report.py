@@ -76,7 +76,8 @@ def test_kws_report_layer_table(kws_report):
     rows = re.findall(r"<tr>\s*<td class=\"num\">(\d+)</td>\s*<td>(\w+)</td>", layers)
     assert [int(index) for index, _ in rows] == list(range(14))
     assert [op for _, op in rows].count("Conv") == 9
-    assert "<code>kws_conv2d</code>" in layers
+    assert "<code>kws_conv2d_sad</code>" in layers
+    assert "<code>kws_depthwise_sad</code>" in layers
     assert "<code>kws_softmax</code>" in layers
     assert "2,656,768" in layers  # MACs per inference, the total row
 
@@ -85,8 +86,10 @@ def test_kws_report_arena_timeline(kws_report):
     html = kws_report[0].read_text()
     arena = section(html, "arena")
     assert arena.count("<svg") == 1
-    assert "lower bound 16,000 B" in arena
-    assert "arena 16,000 B" in arena
+    plan = compile_model(MODELS / "kws_ref_model.onnx", load_target("cortex-m4"), "kws",
+                         calibration=MODELS / "kws_sample.npy").plan
+    assert f"lower bound {plan.lower_bound:,} B" in arena
+    assert f"arena {plan.arena_size:,} B" in arena
     # One rect per buffer plus the plot background.
     assert len(re.findall(r"<rect [^>]*><title>", arena)) >= 10
     assert "<polyline" in arena

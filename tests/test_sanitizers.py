@@ -93,8 +93,10 @@ def test_off_by_one_bound_caught_by_reference(tmp_path):
 
 @pytest.mark.parametrize("sanitize", [True, False])
 def test_off_by_one_in_generated_model(tmp_path, monkeypatch, sanitize):
-    """The digits model with its dense kernel reading one weight past each row: under the
-    sanitizers the host simulator aborts; without them its outputs differ from the reference."""
+    """Plant a read of one weight past each row in the digits model's dense kernel.
+
+    Under the sanitizers the host simulator aborts. Without them its outputs differ from the reference.
+    """
     monkeypatch.setenv("BONSAI_SANITIZE", "1" if sanitize else "0")
     compiled = compile_model(DIGITS / "digits.onnx", load_target("host"), "digits",
                              QuantOptions(weights="int8"), DIGITS / "digits_calibration.npy")
