@@ -79,6 +79,19 @@ def element_strides(shape) -> list[int]:
     return strides
 
 
+def broadcast_fields(out_shape, a_shape, b_shape) -> str:
+    """Return the C initializers of an Add's output shape and its two inputs' broadcast strides (6 axes)."""
+    rank = len(out_shape)
+
+    def broadcast_strides(shape):
+        shape = (1,) * (rank - len(shape)) + tuple(shape)
+        strides = element_strides(shape)
+        return padded6([0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape, strides)], 0)
+
+    fields = [padded6(out_shape, 1), broadcast_strides(a_shape), broadcast_strides(b_shape)]
+    return ", ".join("{ " + ", ".join(map(str, f)) + " }" for f in fields)
+
+
 @dataclass
 class _Array:
     ctype: str
@@ -175,16 +188,7 @@ class _Emitter:
             call = f"{self.prefix}_dense(&{symbol}, {self.pointer(node.inputs[0], True)}, {self.pointer(out, False)});"
         elif node.op == "Add":
             q = node.quant
-            out_shape = self.graph.tensors[out].shape
-            rank = len(out_shape)
-
-            def broadcast_strides(shape):
-                shape = (1,) * (rank - len(shape)) + tuple(shape)
-                strides = element_strides(shape)
-                return padded6([0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape, strides)], 0)
-
-            fields = [padded6(out_shape, 1), broadcast_strides(a["a_shape"]), broadcast_strides(a["b_shape"])]
-            arrays_text = ", ".join("{ " + ", ".join(map(str, f)) + " }" for f in fields)
+            arrays_text = broadcast_fields(self.graph.tensors[out].shape, a["a_shape"], a["b_shape"])
             scalars = [q["a_zero_point"], q["b_zero_point"], q["a_multiplier"], q["b_multiplier"], q["shift"],
                        q["output_zero_point"], q["act_min"], q["act_max"]]
             params_type = f"{self.prefix}_add_params"

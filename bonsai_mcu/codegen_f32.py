@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from . import BonsaiError
-from .codegen import _Array, _Emitter, element_strides, padded6, shape_text
+from .codegen import _Array, _Emitter, broadcast_fields, element_strides, padded6, shape_text
 from .ir import Node
 
 FLOAT_BYTES = 4
@@ -124,16 +124,7 @@ class FloatEmitter(_Emitter):
                               f"{bounds_init(node)} }}")
             call = f"{self.prefix}_dense_f32(&{symbol}, {source}, {target});"
         elif node.op == "Add":
-            out_shape = self.graph.tensors[out].shape
-            rank = len(out_shape)
-
-            def broadcast_strides(shape):
-                shape = (1,) * (rank - len(shape)) + tuple(shape)
-                strides = element_strides(shape)
-                return padded6([0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape, strides)], 0)
-
-            fields = [padded6(out_shape, 1), broadcast_strides(a["a_shape"]), broadcast_strides(a["b_shape"])]
-            arrays_text = ", ".join("{ " + ", ".join(map(str, f)) + " }" for f in fields)
+            arrays_text = broadcast_fields(self.graph.tensors[out].shape, a["a_shape"], a["b_shape"])
             params_type = f"{self.prefix}_add_f32_params"
             block.update(init=f"{{ {arrays_text}, {bounds_init(node)} }}")
             call = f"{self.prefix}_add_f32(&{symbol}, {source}, {self.pointer(node.inputs[1], True)}, {target});"

@@ -158,7 +158,6 @@ class FormatImporter:
         self.quantized: dict[str, QParams] = {}
 
     def handles(self, node: onnx.NodeProto) -> bool:
-        consts = self.importer.consts
         if node.domain in QONNX_DOMAINS:
             return node.op_type in QONNX_QUANT_OPS + ("BipolarQuant",)
         if node.domain == MICROSOFT_DOMAIN:
