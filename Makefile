@@ -3,10 +3,13 @@
 PYTHON ?= python3
 OUT ?= out
 
-.PHONY: install toolchains example test bench clean
+.PHONY: install install-train toolchains example test bench clean
 
-# The train extra brings PyTorch for bonsai_mcu.train and its tests (CPU build).
 install:
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+# The train extra brings PyTorch (CPU build) for bonsai_mcu.train and its tests.
+install-train:
 	$(PYTHON) -m pip install -q -e '.[test,train]'
 
 toolchains:
@@ -24,7 +27,7 @@ example: install
 # The second run repeats the suite with every host simulator and kernel
 # harness built under AddressSanitizer and UndefinedBehaviorSanitizer
 # (BONSAI_SANITIZE=1); any sanitizer report fails the test that ran the build.
-test: install toolchains
+test: install-train toolchains
 	$(PYTHON) -m pytest -q
 	BONSAI_SANITIZE=1 $(PYTHON) -m pytest -q
 

@@ -79,6 +79,17 @@ def element_strides(shape) -> list[int]:
     return strides
 
 
+def comment_text(text: str) -> str:
+    """Make a model-supplied name safe inside a C block comment on one line.
+
+    Node and tensor names come from the ONNX file: comment delimiters,
+    trigraph starts, line breaks and other control characters are spaced
+    out or replaced so the comment still compiles warning-free.
+    """
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?")
+
+
 def broadcast_fields(out_shape, a_shape, b_shape) -> str:
     """Return the C initializers of an Add's output shape and its two inputs' broadcast strides (6 axes)."""
     rank = len(out_shape)
@@ -132,7 +143,7 @@ class _Emitter:
         activation = node.attrs.get("activation")
         if activation is not None:
             text += f", clamp [{activation[1]:g}, {activation[2]:g}]"
-        return text.replace("*/", "* /")
+        return comment_text(text)
 
     def requant_init(self, node: Node, symbol: str) -> tuple[list[_Array], str]:
         quant = node.quant
@@ -246,13 +257,15 @@ class _Emitter:
 def tensor_context(graph: Graph, name: str, onnx_name: str) -> dict:
     tensor = graph.tensors[name]
     return {
-        "onnx_name": onnx_name.replace("*/", "* /"),
+        "onnx_name": comment_text(onnx_name),
         "logical_shape": shape_text(tensor.logical_shape),
         "physical_shape": shape_text(tensor.shape),
         "layout": layout_name(tensor),
         "size": tensor.size,
         # A float32 tensor (--weights float32) has no int8 parameters.
-        "scale": f"{tensor.qparams.scale:.9g}" if tensor.qparams else None,
+        # Nine significant digits name one float32 exactly: the C helper divides by the same
+        # float32 scale as QParams.quantize_float32.
+        "scale": f"{float(np.float32(tensor.qparams.scale)):.9g}" if tensor.qparams else None,
         "zero_point": tensor.qparams.zero_point if tensor.qparams else None,
     }
 

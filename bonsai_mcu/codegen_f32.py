@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from . import BonsaiError
-from .codegen import _Array, _Emitter, broadcast_fields, element_strides, padded6, shape_text
+from .codegen import _Array, _Emitter, broadcast_fields, comment_text, element_strides, padded6, shape_text
 from .ir import Node
 
 FLOAT_BYTES = 4
@@ -82,7 +82,7 @@ class FloatEmitter(_Emitter):
         activation = node.attrs.get("activation")
         if activation is not None:
             text += f", clamp [{activation[1]:g}, {activation[2]:g}]"
-        return text.replace("*/", "* /")
+        return comment_text(text)
 
     def weight_arrays(self, node: Node, symbol: str) -> list[_Array]:
         where = f"node '{node.name}' weights"

@@ -26,6 +26,25 @@ class QParams:
         rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
         return np.clip(rounded + self.zero_point, -128, 127).astype(np.int8)
 
+    def quantize_float32(self, values: np.ndarray) -> np.ndarray:
+        """Quantize exactly as the generated C helper NAME_quantize does.
+
+        The C divides by the float32 scale in float32, adds 0.5f to the
+        magnitude and truncates, then adds the zero point and saturates;
+        values at or beyond 512 steps (and NaN) saturate first. Inputs the
+        reference runs on go through this, so the C API and verify agree
+        bit for bit.
+        """
+        scale = np.float32(self.scale)
+        half = np.float32(0.5)
+        with np.errstate(invalid="ignore", over="ignore"):
+            scaled = (np.asarray(values, dtype=np.float32) / scale).astype(np.float32)
+            scaled = np.where(np.isnan(scaled), np.float32(-512.0), scaled)
+            scaled = np.clip(scaled, np.float32(-512.0), np.float32(512.0)).astype(np.float32)
+            magnitude = np.floor((np.abs(scaled) + half).astype(np.float32))
+        rounded = np.where(scaled >= 0, magnitude, -magnitude).astype(np.int64)
+        return np.clip(rounded + self.zero_point, -128, 127).astype(np.int8)
+
     def dequantize(self, values: np.ndarray) -> np.ndarray:
         return (values.astype(np.float64) - self.zero_point) * self.scale
 

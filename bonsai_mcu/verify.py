@@ -68,7 +68,7 @@ def quantize_inputs(graph: Graph, samples: list[list[np.ndarray]]) -> list[list[
             if tensor.qparams is None:
                 row.append(physical.astype(np.float32).reshape(-1))
                 continue
-            row.append(tensor.qparams.quantize(physical).reshape(-1))
+            row.append(tensor.qparams.quantize_float32(physical).reshape(-1))
         result.append(row)
     return result
 
