@@ -34,7 +34,7 @@ from .data import load_samples
 from .emulate import build_firmware, instructions_per_count, require_toolchain, run_firmware
 from .ir import node_macs
 from .kernels import KernelChoice
-from .pipeline import Compiled, compile_model, weight_summary
+from .pipeline import Compiled, compile_model, weight_summary, write_file
 from .plan import plan_graph
 from .codegen import render
 from .size import measure_size
@@ -534,7 +534,7 @@ def run_bench(targets: list[str], output: Path, repeats: int = REPEATS, models: 
                 results[case.name][target.name] = measure(case, target, repeats, folder / case.name / target.name,
                                                           case.kind == "layer")
     text = render_markdown(cases, results, command or "bonsai-mcu bench", time.monotonic() - started)
-    Path(output).write_text(text)
+    write_file(output, text, "-o")
     return text
 
 

@@ -260,6 +260,10 @@ class FormatImporter:
         scale = np.asarray(importer.const(node, 1, "scale"), dtype=np.float64)
         zero_point = importer.optional_const(node, 2)
         offset = np.zeros_like(scale) if zero_point is None else np.asarray(zero_point, dtype=np.float64)
+        # One scale is per tensor whatever its shape: onnxruntime's int32 biases
+        # come with a scale of shape [1] and a scalar zero point.
+        if scale.size == 1 and offset.size == 1:
+            scale, offset = scale.reshape(()), offset.reshape(())
         if scale.size == 0 or offset.shape != scale.shape or (scale.size > 1 and x.ndim == 0):
             raise importer.problem(node, f"scale of shape {list(scale.shape)} and zero point of shape "
                                          f"{list(offset.shape)} do not fit the input of shape {list(x.shape)}")

@@ -102,7 +102,13 @@ def _load(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
         first_line = str(error).strip().splitlines()[0]
-        raise BonsaiError(f"{path}: ONNX checker rejected the model: {first_line}") from error
+        hint = ""
+        if re.search(r"attribute: axis for operator (QuantizeLinear|DequantizeLinear)", first_line):
+            # onnxruntime's quantize_static with per_channel=True writes axis even
+            # when the float model's opset is below 13, where axis does not exist.
+            hint = ("; per-axis QuantizeLinear and DequantizeLinear need opset 13 or later: convert the float "
+                    "model with onnx.version_converter.convert_version(model, 13) before quantizing it")
+        raise BonsaiError(f"{path}: ONNX checker rejected the model: {first_line}{hint}") from error
     except ValueError as error:  # names that are not UTF-8, messages the C++ checker cannot parse back
         raise BonsaiError(f"{path}: not a valid ONNX file (onnx.checker cannot read it: {error})") from error
     return model
@@ -309,10 +315,15 @@ class _Importer:
             self.dead.update(node.output)
             return
         if any(name in self.dead for name in live_inputs):
-            # An input comes from a node already reported; an unsupported op type is
-            # still reported here, so one error lists every unsupported op.
+            # An input comes from a node already reported. An unsupported op type and
+            # the checks that read no input tensor still run, so one error lists them all.
             if not quantization_node and not self.has_handler(node.op_type):
                 self.problem(node, "op not supported")
+            elif not quantization_node:
+                try:
+                    self.check_attributes(node)
+                except _Skip:
+                    pass
             self.dead.update(node.output)
             return
         try:
@@ -327,6 +338,7 @@ class _Importer:
                 return
             if not self.has_handler(node.op_type):
                 raise self.problem(node, "op not supported")
+            self.check_attributes(node)
             handler = self.op_lut if node.op_type in LUT_OPS else getattr(self, f"op_{node.op_type}")
             handler(node)
         except _Skip:
@@ -334,6 +346,32 @@ class _Importer:
 
     def has_handler(self, op_type: str) -> bool:
         return op_type in LUT_OPS or op_type in ("Constant", "Shape") or hasattr(self, f"op_{op_type}")
+
+    def check_attributes(self, node: onnx.NodeProto) -> None:
+        """Reject unsupported settings that a node's attributes, constant inputs and output uses reveal.
+
+        These checks read no input tensor, so they also run on nodes behind an
+        already rejected node.
+        """
+        attrs = self.attrs(node)
+        op = node.op_type
+        if op == "Gemm" and attrs.get("transA", 0):
+            raise self.problem(node, "transA=1 is not supported")
+        if op == "Conv" and int(attrs.get("group", 1)) < 1:
+            raise self.problem(node, f"group={int(attrs['group'])}; it must be a positive number")
+        if op in ("AveragePool", "MaxPool"):
+            if any(d != 1 for d in attrs.get("dilations", [])):
+                raise self.problem(node, "dilated pooling is not supported")
+            if attrs.get("storage_order", 0):
+                raise self.problem(node, "storage_order=1 is not supported")
+            if len(node.output) > 1 and node.output[1] and self.consumer_count.get(node.output[1], 0):
+                raise self.problem(node, "the Indices output is not supported")
+        if op == "Dropout":
+            if len(node.output) > 1 and node.output[1] and self.consumer_count.get(node.output[1], 0):
+                raise self.problem(node, "the Dropout mask output is used; only inference-mode Dropout is supported")
+            training_mode = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if training_mode is not None and np.asarray(training_mode).size and np.asarray(training_mode).reshape(-1)[0]:
+                raise self.problem(node, "training_mode is true; only inference-mode Dropout is supported")
 
     def fold_constant(self, node: onnx.NodeProto) -> None:
         from onnx.reference import ReferenceEvaluator
@@ -368,11 +406,9 @@ class _Importer:
         self.bind(node.output[0], self.value(node).name)
 
     def op_Dropout(self, node):
-        if len(node.output) > 1 and node.output[1] and self.consumer_count.get(node.output[1], 0):
-            raise self.problem(node, "the Dropout mask output is used; only inference-mode Dropout is supported")
-        training_mode = self.optional_const(node, 2)
-        if training_mode is not None and np.asarray(training_mode).size and np.asarray(training_mode).reshape(-1)[0]:
-            raise self.problem(node, "training_mode is true; only inference-mode Dropout is supported")
+        # This rejects a computed training_mode. check_attributes has already
+        # rejected a used mask and a constant true training_mode.
+        self.optional_const(node, 2)
         self.bind(node.output[0], self.value(node).name)
 
     def spatial_geometry(self, node, x: Tensor, kernel, attrs, what: str) -> dict:
@@ -440,8 +476,6 @@ class _Importer:
         if weights.ndim != len(x.shape):
             raise self.problem(node, f"W rank {weights.ndim} does not match input rank {len(x.shape)}")
         group = int(attrs.get("group", 1))
-        if group < 1:
-            raise self.problem(node, f"group={group}; it must be a positive number")
         kernel = attrs.get("kernel_shape", list(weights.shape[2:]))
         if list(kernel) != list(weights.shape[2:]):
             raise self.problem(node, f"kernel_shape {list(kernel)} does not match W of shape {list(weights.shape)}")
@@ -482,8 +516,6 @@ class _Importer:
 
     def op_Gemm(self, node):
         attrs = self.attrs(node)
-        if attrs.get("transA", 0):
-            raise self.problem(node, "transA=1 is not supported")
         b = self.const(node, 1, "B").astype(np.float64)
         x = self.value(node)
         if b.ndim != 2 or len(x.shape) != 2:
@@ -617,12 +649,6 @@ class _Importer:
 
     def pool(self, node, op: str, kernel, attrs) -> None:
         x = self.value(node)
-        if any(d != 1 for d in attrs.get("dilations", [])):
-            raise self.problem(node, "dilated pooling is not supported")
-        if attrs.get("storage_order", 0):
-            raise self.problem(node, "storage_order=1 is not supported")
-        if len(node.output) > 1 and node.output[1] and self.consumer_count.get(node.output[1], 0):
-            raise self.problem(node, "the Indices output is not supported")
         geometry = self.spatial_geometry(node, x, kernel, attrs, op)
         x = self.with_order(x, _channels_last(len(x.shape)), node.name or "pool_input")
         geometry["count_include_pad"] = int(attrs.get("count_include_pad", 0))

@@ -17,6 +17,7 @@ from . import BonsaiError
 from .emulate import EmulationResult, compile_only, emulate
 from .pipeline import Compiled
 from .size import measure_size
+from .targets import Target, available_targets, load_target
 
 # A firmware run gets this many seconds per sample on top of a fixed minute;
 # the portable kernels retire about 30 M instructions per keyword-spotting inference.
@@ -30,12 +31,21 @@ def _write_sources(compiled: Compiled, folder: Path) -> list[Path]:
     return [folder / name for name in sorted(compiled.files) if name.endswith(".c")]
 
 
+def qemu_targets() -> list[str]:
+    """Return the names of the bundled targets that have a QEMU board."""
+    return [name for name in available_targets() if load_target(name).qemu]
+
+
+def check_qemu_board(target: Target) -> None:
+    if not target.qemu:
+        raise BonsaiError(f"target {target.name} has no QEMU board; pick a target with one: "
+                          f"--target {', '.join(qemu_targets())}")
+
+
 def run_on_qemu(compiled: Compiled, inputs: list[list[np.ndarray]], workdir: Path | None = None) -> EmulationResult:
     """Run every sample (physical int8 arrays per input) through the model on the target's QEMU board."""
     target = compiled.target
-    if not target.qemu:
-        raise BonsaiError(f"target {target.name} has no QEMU board; cross-compile it with "
-                          "`bonsai-mcu size` instead, or pick a Cortex-M or esp32c3 target")
+    check_qemu_board(target)
     graph = compiled.graph
     output_sizes = [graph.tensors[name].size for name in graph.outputs]
     with tempfile.TemporaryDirectory(prefix="bonsai-qemu-") as scratch:

@@ -20,7 +20,7 @@ from .codegen import templates_dir
 from .data import load_samples
 from .ir import WEIGHTED_OPS, node_macs
 from .onboard import measure_footprint as measure_sections
-from .pipeline import Compiled, Progress, layer_rows, summary_lines, weight_summary
+from .pipeline import Compiled, Progress, layer_rows, summary_lines, weight_summary, write_file
 from .quantize import is_float_graph
 from .targets import available_targets, load_target, targets_dir
 from .verify import Agreement, agreement, float_outputs, quantize_inputs, reference_outputs
@@ -339,9 +339,8 @@ def render_html(report: Report) -> str:
 
 
 def write_report(report: Report, path: str | Path) -> Path:
+    """Write the HTML page to `path` through a temporary file; check `path` first with pipeline.check_output_file."""
     path = Path(path)
     if path.is_dir():
         raise BonsaiError(f"-o {path}: is a folder; name the HTML file to write, for example {path / 'report.html'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(report))
-    return path
+    return write_file(path, render_html(report), "-o")

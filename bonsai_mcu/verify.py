@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -105,10 +106,26 @@ def build_simulator(files: dict[str, str], graph: Graph, workdir: Path, cc: str 
     sources = [str(src / name) for name in sorted(files) if name.endswith(".c")]
     flags = STRICT_FLAGS + ["-O2"] + sanitizer_flags() + (extra_flags or [])
     command = compiler + flags + ["-I", str(src), str(main)] + sources + ["-o", str(executable)]
+    executable.unlink(missing_ok=True)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BonsaiError(f"host build failed ({' '.join(command[:1])}): {result.stderr.strip()[:2000]}")
+        reason = result.stderr.strip()[:2000] or f"{exit_reason(result.returncode)} with no error output"
+        raise BonsaiError(f"host build failed ({' '.join(command[:1])}): {reason}")
+    if not executable.is_file():
+        raise BonsaiError(f"host build with {command[0]} exited with status 0 but wrote no executable {executable}; "
+                          "name a C compiler with --cc or the CC environment variable")
     return executable
+
+
+def exit_reason(returncode: int) -> str:
+    """Describe a subprocess return code: 'exited with status N', or 'was killed by SIGNAME'."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}"
 
 
 def run_simulator(executable: Path, graph: Graph, inputs: list[list[np.ndarray]], timeout: float = 600.0,
@@ -116,6 +133,7 @@ def run_simulator(executable: Path, graph: Graph, inputs: list[list[np.ndarray]]
     workdir = executable.parent
     input_path, output_path = workdir / "inputs.bin", workdir / "outputs.bin"
     dtype = element_dtype(graph)
+    output_path.unlink(missing_ok=True)
     input_path.write_bytes(b"".join(array.astype(dtype).tobytes() for sample in inputs for array in sample))
     try:
         result = subprocess.run([str(executable), str(input_path), str(output_path)],
@@ -123,7 +141,10 @@ def run_simulator(executable: Path, graph: Graph, inputs: list[list[np.ndarray]]
     except subprocess.TimeoutExpired as error:
         raise BonsaiError(f"host simulator timed out after {timeout:g} s") from error
     if result.returncode != 0:
-        raise BonsaiError(f"host simulator failed with status {result.returncode}: {result.stderr.strip()[:2000]}")
+        raise BonsaiError(f"host simulator {executable} {exit_reason(result.returncode)}: "
+                          f"{result.stderr.strip()[:2000] or 'no error output'}")
+    if not output_path.is_file():
+        raise BonsaiError(f"host simulator {executable} exited with status 0 but wrote no outputs file {output_path}")
 
     sizes = [graph.tensors[n].size for n in graph.outputs]
     raw = np.frombuffer(output_path.read_bytes(), dtype=dtype)
@@ -171,26 +192,46 @@ def compare_outputs(expected: list[list[np.ndarray]], actual: list[list[np.ndarr
 # -- agreement with the float model -------------------------------------------
 
 
+class FloatModelError(BonsaiError):
+    """The float runtime (onnxruntime or onnx.reference) cannot load or run the original model."""
+
+
 def float_outputs(model: Path, graph: Graph, samples: list[list[np.ndarray]]) -> tuple[list[list[np.ndarray]], str]:
-    """Run the original float model; returns outputs per sample and the runtime used."""
+    """Run the original float model; returns outputs per sample and the runtime used.
+
+    Raises FloatModelError with the runtime's first line of reason when it rejects the model.
+    """
     try:
         import onnxruntime
     except ImportError:
         onnxruntime = None
     if onnxruntime is not None:
-        session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        run = lambda feeds: session.run(graph.onnx_outputs, feeds)  # noqa: E731
         runtime = f"onnxruntime {onnxruntime.__version__}"
+        try:
+            session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+            return _run_float(lambda feeds: session.run(graph.onnx_outputs, feeds), graph, samples), runtime
+        # onnxruntime's own exceptions (Fail, InvalidGraph, NotImplemented...) derive from Exception only.
+        except Exception as error:  # noqa: BLE001
+            raise FloatModelError(f"{runtime} cannot run {model}: {_first_line(error)}") from error
     else:
         from onnx.reference import ReferenceEvaluator
         evaluator = ReferenceEvaluator(str(model))
         run = lambda feeds: evaluator.run(graph.onnx_outputs, feeds)  # noqa: E731
         runtime = "onnx.reference (onnxruntime is not installed)"
+    return _run_float(run, graph, samples), runtime
+
+
+def _run_float(run, graph: Graph, samples) -> list[list[np.ndarray]]:
     results = []
     for sample in samples:
         feeds = {name: array.astype(np.float32) for name, array in zip(graph.onnx_inputs, sample)}
         results.append([np.asarray(v, dtype=np.float64) for v in run(feeds)])
-    return results, runtime
+    return results
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def is_classifier_output(graph: Graph, index: int) -> bool:
@@ -238,9 +279,11 @@ def agreement(graph: Graph, float_results, quantized_outputs, task: str = "auto"
 
 
 def temporary_workdir(keep: Path | None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """Return the build folder: `keep`, claimed as in pipeline.claim_folder, else a temporary folder."""
     if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        return keep, None
+        from .pipeline import claim_folder
+
+        return claim_folder(keep, "--keep"), None
     holder = tempfile.TemporaryDirectory(prefix="bonsai-verify-")
     return Path(holder.name), holder
 
@@ -259,10 +302,12 @@ def load_labels(path: str | Path, count: int) -> np.ndarray:
     return labels
 
 
-def label_accuracy(graph: Graph, labels: np.ndarray, float_results, quantized_outputs) -> tuple[float, float]:
-    """Return top-1 accuracy of the float model and of the quantized model on output 0."""
+def label_accuracy(graph: Graph, labels: np.ndarray, float_results, quantized_outputs) -> tuple[float | None, float]:
+    """Return top-1 accuracy of the float model (None without float_results) and of the quantized model on output 0."""
     tensor = graph.tensors[graph.outputs[0]]
-    float_classes = np.array([row[0].reshape(-1).argmax() for row in float_results])
     quantized_classes = np.array([tensor.to_logical(tensor.qparams.dequantize(row[0])).reshape(-1).argmax()
                                   for row in quantized_outputs])
+    if float_results is None:
+        return None, float(np.mean(quantized_classes == labels))
+    float_classes = np.array([row[0].reshape(-1).argmax() for row in float_results])
     return float(np.mean(float_classes == labels)), float(np.mean(quantized_classes == labels))

@@ -4,6 +4,7 @@ example end to end, and a wheel installed into a fresh virtual environment."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from onnx import helper
 
 from bonsai_mcu.cli import main
 from bonsai_mcu.data import load_samples
-from bonsai_mcu.pipeline import compile_model
+from bonsai_mcu.pipeline import compile_model, weight_summary
 from bonsai_mcu.targets import load_target
 from bonsai_mcu.verify import quantize_inputs, reference_outputs
 
@@ -225,6 +226,78 @@ def test_inspect_lists_layers(dense_model):
     assert "Dense" in result.stdout
     assert "fc" in result.stdout
     assert "total: 28 parameters, 24 MACs" in result.stdout
+
+
+def inspect_totals(stdout: str) -> dict[str, int]:
+    """Read the byte figures of inspect's total line."""
+    line = next(line for line in stdout.splitlines() if line.startswith("total: "))
+    figures = {}
+    for label in ("weights and scales", "bias", "arena"):
+        match = re.search(rf"{label} ([\d,]+) B", line)
+        assert match, line
+        figures[label] = int(match.group(1).replace(",", ""))
+    return figures
+
+
+def generate_totals(compiled) -> dict[str, int]:
+    weights = weight_summary(compiled.graph, compiled.kernels)
+    return {"weights and scales": weights["ternary_packed"] + weights["ternary_scales"] + weights["int8_bytes"],
+            "bias": weights["bias_bytes"], "arena": compiled.plan.arena_size}
+
+
+@pytest.mark.parametrize("target, extra_scratch", [("host", 0), ("cortex-m4", 0), ("cortex-m4", 20000)])
+def test_inspect_matches_generate(tmp_path, target, extra_scratch):
+    """With --extra-scratch the Dense layers take dense_lut, whose rows are padded to whole bytes."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="hidden", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], name="scores", transB=1)]
+    model = make_model(nodes, [("x", [1, 40])], [("y", [1, 10])],
+                       [initializer("w1", rng.standard_normal((64, 40)).astype(np.float32)),
+                        initializer("w2", rng.standard_normal((10, 64)).astype(np.float32))])
+    path = save(model, tmp_path, "mlp")
+
+    result = run_cli("inspect", path, "--target", target, "--extra-scratch", extra_scratch)
+    assert result.exit_code == 0, result.stderr
+    assert f"(target {target})" in result.stdout
+    compiled = compile_model(path, load_target(target), extra_scratch=extra_scratch)
+    assert inspect_totals(result.stdout) == generate_totals(compiled)
+    layer_bytes = [int(line.split()[-2].replace(",", "")) for line in result.stdout.splitlines()
+                   if line.rstrip().endswith(("hidden", "scores"))]
+    assert sum(layer_bytes) == inspect_totals(result.stdout)["weights and scales"]
+
+
+def test_inspect_matches_generate_kws():
+    model = REPO.parent / "shared" / "models" / "kws_ref_model.onnx"
+    if not model.is_file():
+        pytest.skip(f"{model} not found: the shared reference models sit in ../shared/models beside the repository")
+    result = run_cli("inspect", model, "--target", "cortex-m4")
+    assert result.exit_code == 0, result.stderr
+    assert inspect_totals(result.stdout) == generate_totals(compile_model(model, load_target("cortex-m4")))
+
+
+def test_inspect_no_calibration_warning(dense_model):
+    result = run_cli("inspect", dense_model)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_inspect_prints_full_names(tmp_path):
+    """Names are printed whole, because --keep-int8 takes them as inspect lists them."""
+    name = "encoder/block_3/dense_projection/MatMul;encoder/block_3/bias_add"
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], name=name, transB=1)]
+    model = make_model(nodes, [("x", [1, 8])], [("y", [1, 4])],
+                       [initializer("w", rng.standard_normal((4, 8)).astype(np.float32))])
+    path = save(model, tmp_path, "long_names")
+
+    result = run_cli("inspect", path)
+    assert result.exit_code == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.lstrip().startswith("0 "))
+    assert row.endswith(f"  {name}")
+    kept = run_cli("inspect", path, "--keep-int8", name)
+    assert kept.exit_code == 0, kept.stderr
+    assert "int8 per-" in kept.stdout
 
 
 # -- the digits example ---------------------------------------------------------------------

@@ -352,6 +352,99 @@ def test_onnxruntime_qdq_model(tmp_path, caplog, activation_type):
     assert host_matches_reference(compiled, samples, tmp_path / "build")
 
 
+SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
+
+
+def quantize_qdq(float_path: Path, qdq_path: Path, feeds: list[dict], per_channel: bool) -> None:
+    """Quantize with onnxruntime's defaults: QDQ, uint8 activations, int8 weights, int32 biases."""
+    quantization = pytest.importorskip("onnxruntime.quantization",
+                                       reason="onnxruntime is not installed: pip install -e '.[test]'")
+    quantization.quantize_static(str(float_path), str(qdq_path), _Reader(feeds),
+                                 quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel)
+
+
+def verify_int8(model: Path, samples: Path) -> str:
+    """Run `bonsai-mcu verify --weights int8` and return its output; fail on a non-zero exit."""
+    result = CliRunner().invoke(main, ["verify", str(model), "--inputs", str(samples), "--weights", "int8"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def float_cosine(float_path: Path, compiled, samples: np.ndarray) -> float:
+    """Cosine between the float model's outputs (onnxruntime) and the int8 reference's, over all samples."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    shape = [1] + list(session.get_inputs()[0].shape[1:])
+    graph = compiled.graph
+    output = graph.tensors[graph.outputs[0]]
+    batches = [[sample.reshape(shape).astype(np.float64)] for sample in samples]
+    ours = np.concatenate([output.qparams.dequantize(row[0]).reshape(-1)
+                           for row in reference_outputs(graph, quantize_inputs(graph, batches))])
+    expected = np.concatenate([session.run(None, {name: sample.reshape(shape).astype(np.float32)})[0].reshape(-1)
+                               for sample in samples])
+    return float(ours @ expected / (np.linalg.norm(ours) * np.linalg.norm(expected)))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_onnxruntime_default_qdq_verifies(tmp_path, per_channel):
+    """quantize_static's default output, with int32 biases of scale shape [1], verifies bit for bit."""
+    rng = np.random.default_rng(12)
+    float_path = save(float_cnn(rng), tmp_path, "float")
+    samples = rng.standard_normal((16, 1, 2, 5, 5)).astype(np.float32)
+    qdq_path = tmp_path / "qdq.onnx"
+    quantize_qdq(float_path, qdq_path, [{"x": sample} for sample in samples], per_channel)
+    samples_path = tmp_path / "samples.npy"
+    np.save(samples_path, samples[:8].reshape(8, 2, 5, 5))
+
+    output = verify_int8(qdq_path, samples_path)
+    assert "host C vs reference: 8/8 samples bit-exact" in output
+    cosine = float(re.search(r"cosine (\d\.\d+)", output).group(1))
+    assert cosine > 0.99
+
+    compiled = compile_model(qdq_path, load_target("host"), options=QuantOptions(weights="int8"))
+    assert float_cosine(float_path, compiled, samples[:8]) > 0.99
+
+
+def test_per_channel_qdq_below_opset_13_hint(tmp_path):
+    """quantize_static writes per-axis DequantizeLinear into an opset 11 model, which ONNX rejects."""
+    rng = np.random.default_rng(13)
+    model = float_cnn(rng)
+    model.opset_import[0].version = 11
+    float_path = save(model, tmp_path, "float")
+    qdq_path = tmp_path / "qdq.onnx"
+    feeds = [{"x": rng.standard_normal((1, 2, 5, 5)).astype(np.float32)} for _ in range(4)]
+    quantize_qdq(float_path, qdq_path, feeds, per_channel=True)
+    with pytest.raises(BonsaiError, match="convert_version\\(model, 13\\) before quantizing"):
+        import_onnx(qdq_path)
+
+
+@pytest.mark.parametrize("model_file, samples_file", [
+    ("kws_ref_model.onnx", "kws_sample.npy"),
+    ("ad01_fp32.onnx", "ad01_samples.npy"),
+])
+def test_onnxruntime_qdq_shared_models(tmp_path, model_file, samples_file):
+    float_path, samples_path = SHARED_MODELS / model_file, SHARED_MODELS / samples_file
+    if not float_path.exists() or not samples_path.exists():
+        pytest.skip(f"{float_path} or {samples_path} not found: the reference models sit in ../shared/models "
+                    "beside the repository")
+    model = onnx.load(str(float_path))
+    name = model.graph.input[0].name
+    shape = [1] + [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    samples = np.load(samples_path).astype(np.float32)
+    qdq_path = tmp_path / "qdq.onnx"
+    quantize_qdq(float_path, qdq_path, [{name: sample.reshape(shape)} for sample in samples], per_channel=False)
+
+    output = verify_int8(qdq_path, samples_path)
+    assert f"host C vs reference: {len(samples)}/{len(samples)} samples bit-exact" in output
+    cosine = float(re.search(r"cosine (\d\.\d+)", output).group(1))
+    assert cosine > 0.99
+
+    compiled = compile_model(qdq_path, load_target("host"), options=QuantOptions(weights="int8"))
+    assert float_cosine(float_path, compiled, samples) > 0.99
+
+
 def test_qdq_keeps_shared_tensor_unfused(tmp_path):
     """A ReLU behind a QDQ pair must not fuse into a Conv whose output another op also reads."""
     rng = np.random.default_rng(11)

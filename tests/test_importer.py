@@ -297,6 +297,61 @@ def test_unsupported_in_parallel_branches(tmp_path):
                                                                     ("MatMul", "matmul_two_inputs")]
 
 
+def lstm_then(node: onnx.NodeProto, tensors: dict) -> onnx.ModelProto:
+    """An unsupported LSTM whose flattened output 'flat' feeds `node`, which writes 'y'."""
+    lstm_tensors = {"lstm_w": weights(1, 16, 3), "lstm_r": weights(1, 16, 4)}
+    nodes = [
+        helper.make_node("LSTM", ["x", "lstm_w", "lstm_r"], ["", "h"], name="lstm", hidden_size=4),
+        helper.make_node("Flatten", ["h"], ["flat"], name="flatten"),
+        node,
+    ]
+    return make_model(nodes, [("x", [2, 1, 3])], [("y", None)],
+                      [initializer(n, a) for n, a in {**lstm_tensors, **tensors}.items()])
+
+
+@pytest.mark.parametrize("node, tensors, reason", [
+    (helper.make_node("Gemm", ["flat", "w"], ["y"], name="after", transA=1), {"w": weights(1, 4)},
+     "transA=1 is not supported"),
+    (helper.make_node("Dropout", ["flat", "ratio", "training"], ["y"], name="after"),
+     {"ratio": np.float32(0.5), "training": np.array(True)}, "training_mode is true"),
+], ids=["gemm_transA", "dropout_training"])
+def test_attribute_problems_behind_rejected_node(tmp_path, node, tensors, reason):
+    model = lstm_then(node, tensors)
+    with pytest.raises(UnsupportedModelError) as caught:
+        import_onnx(save(model, tmp_path))
+    problems = caught.value.problems
+    assert [(op, name) for op, name, _ in problems] == [("LSTM", "lstm"), (node.op_type, "after")]
+    assert reason in problems[1][2]
+
+
+@pytest.mark.parametrize("attrs, reason", [
+    ({"storage_order": 1}, "storage_order=1 is not supported"),
+    ({"dilations": [2, 2]}, "dilated pooling is not supported"),
+], ids=["storage_order", "dilations"])
+def test_pool_attributes_behind_rejected_node(tmp_path, attrs, reason):
+    nodes = [
+        helper.make_node("Cos", ["x"], ["a"], name="cos"),
+        helper.make_node("MaxPool", ["a"], ["y"], name="pool", kernel_shape=[2, 2], **attrs),
+    ]
+    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", None)])
+    with pytest.raises(UnsupportedModelError) as caught:
+        import_onnx(save(model, tmp_path))
+    problems = caught.value.problems
+    assert [(op, name) for op, name, _ in problems] == [("Cos", "cos"), ("MaxPool", "pool")]
+    assert reason in problems[1][2]
+
+
+def test_supported_node_behind_rejected_node_unlisted(tmp_path):
+    nodes = [
+        helper.make_node("Cos", ["x"], ["a"], name="cos"),
+        helper.make_node("Gemm", ["a", "w"], ["y"], name="gemm", transB=1),
+    ]
+    model = make_model(nodes, [("x", [1, 4])], [("y", None)], [initializer("w", weights(3, 4))])
+    with pytest.raises(UnsupportedModelError) as caught:
+        import_onnx(save(model, tmp_path))
+    assert [(op, name) for op, name, _ in caught.value.problems] == [("Cos", "cos")]
+
+
 def test_malformed_bytes(tmp_path):
     path = tmp_path / "garbage.onnx"
     path.write_bytes(bytes(range(256)) * 4)

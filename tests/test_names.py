@@ -28,3 +28,14 @@ def test_comment_breaking_node_names_compile(tmp_path):
 
     assert result.exit_code == 0, result.output
     assert "4/4 samples bit-exact" in result.output
+
+
+def test_names_that_break_builds_rejected(tmp_path):
+    model = tmp_path / "weird.onnx"
+    weird_model(model)
+    for name in ("stdint", "string", "main", "int", "_private", "__reserved", "_Bool"):
+        out = tmp_path / f"out_{name}"
+        result = CliRunner().invoke(main, ["generate", str(model), "-o", str(out), "--name", name])
+        assert result.exit_code != 0, name
+        assert f"--name '{name}'" in result.output
+        assert not out.exists()

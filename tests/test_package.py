@@ -202,10 +202,11 @@ def test_arduino_rejects_reserved_names(tmp_path):
     result = generate(tmp_path / "a", "--package", "arduino", name="ArduinoNet")
     assert result.exit_code == 1
     assert "--name 'ArduinoNet'" in result.output
+    # A leading underscore is reserved in C, so --name rejects it before any manifest is written.
     result = generate(tmp_path / "b", "--package", "arduino", name="_hidden")
     assert result.exit_code == 1
-    assert "not a valid Arduino library name" in result.output
-    assert generate(tmp_path / "c", "--package", "cmake", name="_hidden").exit_code == 0
+    assert "reserved in C" in result.output
+    assert generate(tmp_path / "c", "--package", "arduino", name="hidden").exit_code == 0
 
 
 # -- PlatformIO ---------------------------------------------------------------
