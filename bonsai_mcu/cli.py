@@ -337,6 +337,7 @@ def size(model, target, name, calibration, method, granularity, group_size, int8
 Examples:
   bonsai-mcu report model.onnx --target cortex-m4 --board nucleo-f446re -o report.html
   bonsai-mcu report model.onnx --board esp32dev --calibration calib.npy --inputs samples.npy
+  bonsai-mcu report model.onnx --target cortex-m4 --measure --inputs samples.npy
 """)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
@@ -347,11 +348,14 @@ Examples:
 @click.option("--board", default=None,
               help="Board whose flash and RAM budget to compare with ([board.NAME] in targets/*.toml); "
                    "it also sets --target when that is not given.")
+@click.option("--measure", is_flag=True,
+              help="Count the instructions of each layer on the target's QEMU board, on the first sample of "
+                   "--inputs or, without it, on one standard-normal sample (seed 0).")
 @quant_options
 @click.pass_context
 @_errors_to_exit
-def report(ctx, model, output, force, inputs_path, board, target, name, calibration, method, granularity, group_size,
-           int8_layers, weights):
+def report(ctx, model, output, force, inputs_path, board, measure, target, name, calibration, method, granularity,
+           group_size, int8_layers, weights):
     """Write an HTML report of MODEL: layers, arena timeline, flash and RAM, agreement."""
     from .report import build_report, find_board, text_summary, write_report
 
@@ -365,7 +369,7 @@ def report(ctx, model, output, force, inputs_path, board, target, name, calibrat
                               f"pass --target {board_spec.target} or leave --target out")
     compiled = compile_model(model, load_target(target), name,
                              _quant_options(method, granularity, group_size, int8_layers, weights), calibration)
-    result = build_report(compiled, model, board_spec, inputs_path)
+    result = build_report(compiled, model, board_spec, inputs_path, measure)
     written = write_report(result, output)
     if not ctx.find_root().params.get("quiet"):
         for line in text_summary(result):

@@ -3,11 +3,13 @@
 The keyword-spotting model comes from ../shared/models (relative to the repository root); its
 tests skip when that folder is absent. The screenshot test needs Chromium
 (scripts/install-toolchains.sh installs it): it is skipped with the install command when
-Chromium is missing, unless the environment variable CI is set: then it fails.
+Chromium is missing, unless the environment variable CI is set: then it fails. The --measure
+tests need arm-none-eabi-gcc and qemu-system-arm and follow the same rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -22,10 +24,13 @@ import pytest
 from click.testing import CliRunner
 
 from bonsai_mcu import BonsaiError
+from bonsai_mcu.bench import OPTIMIZATION
 from bonsai_mcu.cli import main
+from bonsai_mcu.ir import node_macs
+from bonsai_mcu.onboard import run_on_qemu
 from bonsai_mcu.pipeline import Progress, compile_model
 from bonsai_mcu.report import (Board, arena_timeline, budget_rows, build_report, find_board, kernel_calls,
-                               measure_footprint, render_html, text_summary, write_report)
+                               measure_footprint, measurement_sample, render_html, text_summary, write_report)
 from bonsai_mcu.targets import load_target
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,6 +285,99 @@ def test_report_rejects_folder_output(tmp_path):
     assert "is a directory" in result.output
     with pytest.raises(BonsaiError, match="is a folder; name the HTML file"):
         write_report(build_report(digits(), DIGITS / "digits.onnx"), tmp_path)
+
+
+# -- instructions per layer ----------------------------------------------------
+
+
+def require_arm_emulation() -> None:
+    for tool, package in (("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+                          ("qemu-system-arm", "qemu-system-arm")):
+        if shutil.which(tool) is None:
+            reason = f"{tool} not found; install it with: apt-get install {package}"
+            if os.environ.get("CI"):
+                pytest.fail(f"CI is set, so a missing tool fails: {reason}")
+            pytest.skip(reason)
+
+
+def layer_cells(html: str) -> list[list[str]]:
+    """Return the cells of each layer row of the layer table, without the total row."""
+    rows = re.findall(r"<tr>\s*(<td class=\"num\">\d+</td>.*?)</tr>", section(html, "layers"), re.DOTALL)
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL) for row in rows]
+
+
+def test_report_measure_digits_cortex_m4(tmp_path):
+    require_arm_emulation()
+    page = tmp_path / "digits.html"
+    result = invoke("report", str(DIGITS / "digits.onnx"), "--name", "digits", "--target", "cortex-m4",
+                    "--calibration", str(DIGITS / "digits_calibration.npy"), "--measure", "-o", str(page))
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert '<th class="num">instructions</th><th class="num">per MAC</th>' in html
+
+    compiled = digits("cortex-m4")
+    cells = layer_cells(html)
+    assert len(cells) == len(compiled.graph.nodes)
+    total, layers_with_macs = 0, 0
+    for node, row in zip(compiled.graph.nodes, cells):
+        instructions, per_mac = row[-2], row[-1]
+        assert re.fullmatch(r"[\d,]+", instructions), f"layer {node.name}: {instructions!r}"
+        count = int(instructions.replace(",", ""))
+        total += count
+        if node_macs(node, compiled.graph) == 0:
+            continue
+        layers_with_macs += 1
+        assert count > 0, f"layer {node.name} has MACs but counted no instructions"
+        assert float(per_mac) > 0
+    assert layers_with_macs == 3
+    assert f"instructions per inference: {total:,} measured on QEMU machine mps2-an386" in result.output
+
+    # run_layers builds with OPTIMIZATION after the target's flags: count the whole inference with
+    # the same flags, so the comparison checks the hook accounting and not the optimizer.
+    sample, _ = measurement_sample(compiled, None)
+    flags = [*compiled.target.cflags, OPTIMIZATION]
+    same_build = dataclasses.replace(compiled, target=dataclasses.replace(compiled.target, cflags=flags))
+    whole = run_on_qemu(same_build, sample).instructions[0]
+    assert abs(total - whole) <= 0.1 * whole, f"sum of layers {total:,}, whole inference {whole:,}"
+
+
+def test_report_measure_uses_first_input(tmp_path):
+    require_arm_emulation()
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, np.load(DIGITS / "digits_test.npy")[:2])
+    report = build_report(digits("cortex-m4"), DIGITS / "digits.onnx", inputs=inputs, measure=True)
+    assert report.instructions_measured
+    assert f"the first sample of {inputs}" in report.instructions_note
+    assert all(row["instructions"] > 0 for row in report.layers)
+    assert any(line.startswith("instructions per inference: ") for line in text_summary(report))
+
+
+def test_report_unmeasured_instruction_column():
+    report = build_report(digits("cortex-m4"), DIGITS / "digits.onnx")
+    html = render_html(report)
+    cells = layer_cells(html)
+    assert len(cells) == 3
+    assert all(row[-1] == "not measured" for row in cells)
+    assert "Instructions: not measured; pass --measure" in section(html, "layers")
+    assert not any(line.startswith("instructions") for line in text_summary(report))
+
+
+def test_report_measure_rejects_target_without_qemu(tmp_path):
+    result = invoke("report", str(DIGITS / "digits.onnx"), "--target", "esp32", "--measure",
+                    "-o", str(tmp_path / "r.html"))
+    assert result.exit_code == 1
+    message = re.search(r"--measure: .*", result.output)
+    assert message, result.output
+    assert "target esp32 has no QEMU board" in message.group(0)
+    assert "cortex-m4" in message.group(0)
+    assert "esp32c3" in message.group(0)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_measure_missing_toolchain(monkeypatch):
+    monkeypatch.setattr("bonsai_mcu.emulate.shutil.which", lambda tool: None)
+    with pytest.raises(BonsaiError, match="arm-none-eabi-gcc not found on PATH; .* apt-get install gcc-arm-none-eabi"):
+        build_report(digits("cortex-m4"), DIGITS / "digits.onnx", measure=True)
 
 
 # -- progress bars ------------------------------------------------------------
