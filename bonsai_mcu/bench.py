@@ -35,6 +35,7 @@ from .emulate import build_firmware, instructions_per_count, require_toolchain, 
 from .ir import node_macs
 from .kernels import KernelChoice
 from .pipeline import Compiled, compile_model, weight_summary, write_file
+from .onboard import write_sources
 from .plan import plan_graph
 from .codegen import render
 from .size import measure_size
@@ -259,13 +260,6 @@ int bench_run({signature}, int8_t *stamp_bytes)
 """
 
 
-def _write_sources(compiled: Compiled, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in compiled.files.items():
-        (folder / name).write_text(text)
-    return [folder / name for name in sorted(compiled.files) if name.endswith(".c")]
-
-
 def _signature(compiled: Compiled) -> tuple[str, str]:
     graph = compiled.graph
     params = [f"const int8_t *input_{i}" for i in range(len(graph.inputs))]
@@ -280,7 +274,7 @@ def run_plain(compiled: Compiled, inputs, repeats: int, workdir: Path,
     return (mean instructions per inference, footprint of the model objects, outputs of the
     first run)."""
     target = compiled.target
-    sources = _write_sources(compiled, workdir / "src")
+    sources = write_sources(compiled, workdir / "src")
     sizes = [compiled.graph.tensors[name].size for name in compiled.graph.outputs]
     elf = build_firmware(target, sources, [workdir / "src"], compiled.name, inputs * repeats, sizes,
                          workdir / "plain", list(flags))
@@ -294,7 +288,7 @@ def run_layers(compiled: Compiled, inputs, repeats: int, workdir: Path) -> list[
     """Build the model with the layer hook and return the mean instructions of every layer."""
     target = compiled.target
     graph = compiled.graph
-    sources = _write_sources(compiled, workdir / "src")
+    sources = write_sources(compiled, workdir / "src")
     count = len(graph.nodes) + 2
     signature, arguments = _signature(compiled)
     (workdir / "src" / "bench.h").write_text(

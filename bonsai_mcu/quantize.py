@@ -119,7 +119,7 @@ def ternarize(weights: np.ndarray, method: str, granularity: str, group_size: in
         trits, scales = exact
         used = "exact"
     elif method == "exact":
-        raise BonsaiError("weights are not ternary: some scale group holds more than {-s, 0, +s}")
+        raise BonsaiError("weights are not ternary: some scale group contains values other than {-s, 0, +s}")
     elif method == "absmean":
         scales = np.abs(groups).sum(axis=2) / counts
         safe = np.where(scales > 0, scales, 1.0)

@@ -193,7 +193,7 @@ def compare_outputs(expected: list[list[np.ndarray]], actual: list[list[np.ndarr
 
 
 class FloatModelError(BonsaiError):
-    """The float runtime (onnxruntime or onnx.reference) cannot load or run the original model."""
+    """Error of the float runtime (onnxruntime or onnx.reference) loading or running the original model."""
 
 
 def float_outputs(model: Path, graph: Graph, samples: list[list[np.ndarray]]) -> tuple[list[list[np.ndarray]], str]:

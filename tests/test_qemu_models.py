@@ -98,7 +98,8 @@ def test_size_matches_size_tool(tmp_path):
     assert flash["data"] == data
     assert ram["arena"] + ram["bss"] == bss
     assert ram["arena"] == compiled.plan.arena_size
-    assert flash["weights"] > 0 and flash["code"] > 0
+    assert flash["weights"] > 0
+    assert flash["code"] > 0
 
 
 def test_size_command_prints_bytes(tmp_path):
